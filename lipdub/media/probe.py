@@ -1,0 +1,128 @@
+"""Probe a media file by its content (never by its extension)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from lipdub.errors import InputError
+
+log = logging.getLogger(__name__)
+
+# Demuxers and codecs that mean "a still picture", whatever the file is called.
+_IMAGE_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "gif", "webp"}
+_IMAGE_CODECS = {"png", "mjpeg", "webp", "bmp", "tiff", "jpegls", "jpeg2000", "gif"}
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What a file really holds."""
+
+    path: Path
+    kind: str  # "video", "image" or "audio"
+    container: str
+    duration: float  # seconds; 0 for images
+    has_video: bool
+    has_audio: bool
+    width: int = 0  # display size, after rotation
+    height: int = 0
+    fps: Fraction = Fraction(0)
+    frames_estimate: int = 0
+    rotation: int = 0  # degrees clockwise the decoded picture must be turned for display
+    video_codec: str = ""
+    audio_codec: str = ""
+    sample_rate: int = 0
+    channels: int = 0
+
+
+def probe(path: str | os.PathLike) -> MediaInfo:
+    """Open ``path`` and describe its streams; raise :class:`InputError` when it is not usable media."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"File not found: {p}")
+    if p.is_dir():
+        raise InputError(f"{p} is a folder; give a media file instead.")
+    if p.stat().st_size == 0:
+        raise InputError(f"{p.name} is empty (0 bytes); give a real media file.")
+    try:
+        container = av.open(str(p), metadata_errors="ignore")
+    except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
+        raise InputError(f"{p.name} is not a readable audio, video or image file ({_short(e)}).") from e
+    with container:
+        fmt = container.format.name
+        vstreams = [s for s in container.streams.video if not _is_cover_art(s)]
+        astreams = list(container.streams.audio)
+        duration = _duration(container)
+        info = dict(path=p, container=fmt, duration=duration, has_video=bool(vstreams), has_audio=bool(astreams))
+        if astreams:
+            a = astreams[0]
+            info.update(audio_codec=a.codec_context.name, sample_rate=int(a.codec_context.sample_rate or 0),
+                        channels=int(a.codec_context.channels or 0))
+        if vstreams:
+            v = vstreams[0]
+            cc = v.codec_context
+            is_image = fmt.split(",")[0] in _IMAGE_FORMATS or (cc.name in _IMAGE_CODECS and (v.frames or 0) <= 1
+                                                                and duration <= 0.1)
+            rotation = _rotation(container, v)
+            w, h = int(cc.width or 0), int(cc.height or 0)
+            if rotation in (90, 270):
+                w, h = h, w
+            if w <= 0 or h <= 0:
+                raise InputError(f"{p.name} has a video stream without a picture size; the file is probably damaged.")
+            fps = Fraction(0) if is_image else _fps(v)
+            frames = 1 if is_image else int(v.frames or round(duration * float(fps)))
+            info.update(kind="image" if is_image else "video", width=w, height=h, fps=fps, frames_estimate=frames,
+                        rotation=rotation, video_codec=cc.name, duration=0.0 if is_image else duration)
+        elif astreams:
+            info["kind"] = "audio"
+        else:
+            raise InputError(f"{p.name} holds neither audio nor video.")
+    return MediaInfo(**info)
+
+
+def _is_cover_art(stream: av.stream.Stream) -> bool:
+    return bool(stream.disposition & av.stream.Disposition.attached_pic)
+
+
+def _duration(container: av.container.InputContainer) -> float:
+    if container.duration is not None and container.duration > 0:
+        return container.duration / 1_000_000
+    best = 0.0
+    for s in container.streams:
+        if s.duration and s.time_base:
+            best = max(best, float(s.duration * s.time_base))
+    return best
+
+
+def _fps(v: av.video.stream.VideoStream) -> Fraction:
+    for rate in (v.average_rate, v.guessed_rate, v.base_rate):
+        if rate and 1 <= float(rate) <= 240:
+            # Tidy rates like 2997/100 to 30000/1001 without drifting real averages of VFR files.
+            return Fraction(rate).limit_denominator(1001)
+    return Fraction(25)
+
+
+def _rotation(container: av.container.InputContainer, v: av.video.stream.VideoStream) -> int:
+    """Clockwise display rotation from the display matrix (or the legacy 'rotate' tag)."""
+    tag = v.metadata.get("rotate")
+    if tag:
+        try:
+            return int(tag) % 360
+        except ValueError:
+            pass
+    try:
+        frame = next(container.decode(v))
+        # PyAV reports the display matrix angle counter-clockwise.
+        return int(round(-getattr(frame, "rotation", 0))) % 360
+    except (StopIteration, av.FFmpegError):
+        return 0
+
+
+def _short(e: Exception) -> str:
+    text = str(e).strip().split("\n")[0]
+    return text[:120]
