@@ -86,9 +86,10 @@ def test_mandarin_moves_with_acoustics() -> None:
     _check_ranges(tr)
     assert tr.speech.mean() > 0.5
     assert tr.open[tr.speech].std() > 0.08
-    # Openness follows the vowel-region energy within speech (the acoustic half of the fusion).
-    o, e = cv["open"][A.speech], A.features.bands_db[A.speech, 1]
-    assert np.corrcoef(o, e)[0, 1] > 0.3
+    # With an English phone model on Mandarin, openness is carried by the language-independent acoustics.
+    assert A.confidence < 0.8
+    o, e = cv["open"][A.speech], A.open_acoustic[A.speech]
+    assert np.corrcoef(o, e)[0, 1] > 0.5
 
 
 def test_silence_rests_without_quiver() -> None:
@@ -106,7 +107,7 @@ def test_pause_in_real_speech_is_still(radio: AudioClip) -> None:
     tr = analyse(radio, 25.0)
     quiet = ~tr.speech
     # Interior runs of silence (away from the easing at their edges) do not move.
-    core = quiet & np.roll(quiet, 3) & np.roll(quiet, -3)
+    core = quiet & np.roll(quiet, 2) & np.roll(quiet, -2)
     assert core.sum() >= 3
     assert np.ptp(tr.open[core]) < 0.02
 

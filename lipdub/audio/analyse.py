@@ -26,6 +26,9 @@ RATE = 16_000
 CHUNK_S = 30.0  # audio processed at once; bounds memory whatever the length
 CUT_SEARCH_S = 5.0  # look this far back from a chunk's end for the quietest hop to cut at
 CONTEXT_S = 0.1  # extra audio either side of a chunk so analysis windows at its edges are whole
+ONSET_LEAD_S = 0.15  # the jaw opens 100-200 ms before phonation starts (pre-speech posturing)
+SMOOTH_S = 0.04  # the jaw's own inertia: real openness has little energy above ~4 Hz
+PHONE_WEIGHT = 0.5  # share of the phone track in the openness at full confidence
 
 
 @dataclass
@@ -124,27 +127,32 @@ def _norm(v: np.ndarray, mask: np.ndarray, lo_p: float = 5, hi_p: float = 95) ->
 
 
 def acoustic_open(F: Features, speech: np.ndarray) -> np.ndarray:
-    """Openness from acoustics alone: energy in the F1/F2 region (an open jaw radiates more) weighted by
-    F1 (jaw height), both normalised over speech."""
-    e = 10 * np.log10(10 ** (F.bands_db[:, 1] / 10) + 10 ** (F.bands_db[:, 2] / 10))
-    loud = _norm(e, speech, 10, 97)
+    """Openness from acoustics alone, for any language. The lips act as a low-pass radiator: the wider
+    the aperture, the more energy escapes above 3 kHz, while rounding and closing lower F2/F3 and cut
+    it (Stevens, Acoustic Phonetics ch. 3). F1 (jaw height) adds the vowel-height cue. All terms are
+    normalised over this recording's speech, so level, microphone and language drop out."""
+    hi = _norm(F.bands_db[:, 3], speech, 10, 97)
+    mid = _norm(10 * np.log10(10 ** (F.bands_db[:, 1] / 10) + 10 ** (F.bands_db[:, 2] / 10)), speech, 10, 97)
     f1 = np.where(np.isfinite(F.f1), F.f1, np.nan)
-    f1 = np.nan_to_num(f1, nan=float(np.nanmedian(f1[speech])) if np.isfinite(f1[speech]).any() else 500.0)
+    ok = np.isfinite(f1[speech]).any() if speech.any() else False
+    f1 = np.nan_to_num(f1, nan=float(np.nanmedian(f1[speech])) if ok else 500.0)
     f1n = np.clip((f1 - 250.0) / 550.0, 0.0, 1.0)
-    return loud * (0.6 + 0.4 * f1n)
+    return (0.7 * hi + 0.3 * mid) * (0.7 + 0.3 * f1n)
 
 
 def _confidence(open_phone: np.ndarray, open_ac: np.ndarray, speech: np.ndarray, aligned: bool) -> float:
-    """How much to trust the phone track: agreement of its openness with the acoustic openness."""
+    """How much to trust the phone track. English allphone on unknown speech starts from a prior of 0.5,
+    nudged by how well its openness agrees with the acoustic openness (short clips make the agreement
+    noisy, so it only moves the prior a little); a forced alignment is trusted most."""
     if aligned:
-        return 0.85
+        return 0.9
     if speech.sum() < 20:
         return 0.5
     a, b = open_phone[speech], open_ac[speech]
     if a.std() < 1e-6 or b.std() < 1e-6:
         return 0.3
     r = float(np.corrcoef(a, b)[0, 1])
-    return float(np.clip(0.25 + r, 0.2, 0.8))
+    return float(np.clip(0.5 + 0.25 * r, 0.35, 0.7))
 
 
 def _to_frames(v: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
@@ -173,13 +181,18 @@ def analyse_detailed(clip: AudioClip, text: str | None = None) -> tuple[Analysis
     A.open_phone, A.open_acoustic = T.open, oa_lead
     conf = _confidence(T.open, oa_lead, speech, A.aligned)
     A.confidence = conf
-    # Phone shapes set the articulation, acoustic level sets the effort (louder = wider jaw).
-    open_ = conf * T.open + (1 - conf) * oa_lead
-    # Speech activity, led by the anticipation and eased over ~50 ms so pauses close naturally.
-    act = np.concatenate([speech[shift:], np.repeat(speech[-1:], min(shift, n))])[:n] | speech if n else speech
-    gate = gaussian_filter1d(act.astype(float), 0.04 / HOP_S, mode="nearest") if n > 1 else act.astype(float)
+    # Phone shapes and acoustics blend by the phone track's confidence; allphone on a language it does
+    # not know gets little say, a forced alignment a lot.
+    w = PHONE_WEIGHT * conf
+    open_ = gaussian_filter1d(w * T.open + (1 - w) * oa_lead, SMOOTH_S / HOP_S, mode="nearest") if n > 1 else T.open
+    # Speech activity, led by the pre-speech opening and eased so pauses close naturally.
+    lead = int(round(ONSET_LEAD_S / HOP_S))
+    ahead = np.concatenate([speech[lead:], np.zeros(min(lead, n), bool)])[:n] if n else speech
+    act = speech | ahead
+    gate = gaussian_filter1d(act.astype(float), 0.06 / HOP_S, mode="nearest") if n > 1 else act.astype(float)
+    gate[gate < 0.02] = 0.0  # no residual quiver far from speech
     closed = closure_mask(T.closed) * (gate > 0.5)
-    open_ = smooth_keep_closures(open_ * gate, closed)
+    open_ = smooth_keep_closures(open_ * gate, closed, sigma_s=0.0)
     width = smooth_keep_closures(T.width * gate, np.zeros(n)) if n else T.width
     rnd = smooth_keep_closures(T.round * gate, np.zeros(n)) if n else T.round
     curves = {"open": np.clip(open_, 0, 1), "width": np.clip(width, -1, 1), "round": np.clip(rnd, 0, 1),

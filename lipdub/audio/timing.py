@@ -83,7 +83,7 @@ def phone_targets(phones: list[Phone], n_hops: int) -> Targets:
 
 def smooth_keep_closures(x: np.ndarray, closed: np.ndarray, sigma_s: float = 0.02) -> np.ndarray:
     """Gaussian smoothing, then closures re-imposed so they stay crisp (the lips really shut)."""
-    y = gaussian_filter1d(x, sigma_s / HOP_S, mode="nearest") if len(x) > 1 else x.copy()
+    y = gaussian_filter1d(x, sigma_s / HOP_S, mode="nearest") if len(x) > 1 and sigma_s > 0 else x.copy()
     return y * (1.0 - closed)
 
 
