@@ -11,7 +11,13 @@ import torch
 from lipdub.errors import ModelError
 from lipdub.render.wav2lip.checkpoint import check_state_dict, load_wav2lip
 from lipdub.render.wav2lip.model import Wav2Lip
-from tests.wav2lip_helpers import WAV2LIP_DIR, deterministic_inputs, deterministic_state_dict, needs_shared
+from tests.wav2lip_helpers import (
+    WAV2LIP_DIR,
+    deterministic_inputs,
+    deterministic_state_dict,
+    needs_shared,
+    save_released_checkpoint,
+)
 
 
 class NotWeights:
@@ -21,11 +27,7 @@ class NotWeights:
 @pytest.fixture(scope="module")
 def released(tmp_path_factory) -> Path:
     """Deterministic weights saved as the released checkpoints are: DataParallel names, no BN counters."""
-    sd = {f"module.{k}": v for k, v in deterministic_state_dict().items() if not k.endswith("num_batches_tracked")}
-    path = tmp_path_factory.mktemp("w2l") / "wav2lip_gan.pth"
-    torch.save({"state_dict": sd, "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4}]},
-                "global_step": 1000, "global_epoch": 3}, path)
-    return path
+    return save_released_checkpoint(tmp_path_factory.mktemp("w2l") / "wav2lip_gan.pth")
 
 
 def _message(path: Path) -> str:

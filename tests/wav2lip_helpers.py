@@ -50,3 +50,12 @@ def deterministic_inputs(batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     mel = 4 * np.sin(0.05 * np.arange(batch * 80 * 16, dtype=np.float64))
     return (torch.from_numpy(mel.astype(np.float32).reshape(batch, 1, 80, 16)),
             torch.from_numpy(face.astype(np.float32).reshape(batch, 6, 96, 96)))
+
+
+def save_released_checkpoint(path: Path) -> Path:
+    """Deterministic weights saved as the released checkpoints are: a dict with ``state_dict``,
+    DataParallel ``module.`` names, no BatchNorm counters, plus the optimizer and step counters."""
+    sd = {f"module.{k}": v for k, v in deterministic_state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save({"state_dict": sd, "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4}]},
+                "global_step": 1000, "global_epoch": 3}, path)
+    return path
