@@ -43,6 +43,8 @@ CHIN_MARGIN = 0.08  # extra box height below the chin (fraction of face height):
 # level of the nose base, so the eyes and nose are never touched), and the nose base.
 _JAW = [132, 58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 361]
 _NOSE_BASE = [98, 97, 2, 326, 327]
+_BROWS = [105, 334]  # middle of each eyebrow
+FOREHEAD_TRIM = 0.3  # share of the forehead (mesh top to brows) left out of the box
 
 
 class Wav2LipRenderer(Renderer):
@@ -188,15 +190,22 @@ class Wav2LipRenderer(Renderer):
 
 
 def face_box(landmarks: np.ndarray) -> np.ndarray | None:
-    """(x0, y0, x1, y1) float: landmark extent (cheek to cheek, forehead to chin) plus room below the chin."""
+    """(x0, y0, x1, y1) float: cheek to cheek, upper forehead to a little below the chin.
+
+    Wav2Lip was trained on face-detector boxes, whose top sits between the hairline and the brows
+    (the mesh reaches higher) and which run slightly past the chin; this box imitates that framing
+    so the masked lower half of the 96x96 input starts near the nose, as in training.
+    """
     pts = np.asarray(landmarks, np.float64)
-    if pts.ndim != 2 or not np.isfinite(pts).all():
+    if pts.ndim != 2 or len(pts) <= max(_BROWS) or not np.isfinite(pts).all():
         return None
     x0, y0 = pts.min(axis=0)
     x1, y1 = pts.max(axis=0)
     if x1 - x0 < 2 or y1 - y0 < 2:
         return None
-    return np.array([x0, y0, x1, y1 + CHIN_MARGIN * (y1 - y0)])
+    brow = pts[_BROWS, 1].mean()
+    top = y0 + FOREHEAD_TRIM * max(0.0, brow - y0)
+    return np.array([x0, top, x1, y1 + CHIN_MARGIN * (y1 - top)])
 
 
 def plan_face_boxes(landmarks: np.ndarray, template_indices: np.ndarray,
