@@ -7,17 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from lipdub.errors import ModelError
-from lipdub.render.wav2lip.checkpoint import check_state_dict, load_wav2lip
-from lipdub.render.wav2lip.model import Wav2Lip
-from tests.wav2lip_helpers import (
+from wav2lip_helpers import (
     WAV2LIP_DIR,
     deterministic_inputs,
     deterministic_state_dict,
     needs_shared,
     save_released_checkpoint,
 )
+
+from lipdub.errors import ModelError
+from lipdub.render.wav2lip.checkpoint import check_state_dict, load_wav2lip
+from lipdub.render.wav2lip.model import Wav2Lip
 
 
 class NotWeights:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from wav2lip_helpers import MEDIA_DIR, needs_shared, save_released_checkpoint
 
 from lipdub.audio.track import MouthTrack
 from lipdub.device import Device, cpu_device
@@ -14,7 +15,6 @@ from lipdub.face.avatar import Avatar
 from lipdub.media.audio import load_audio
 from lipdub.render.base import FrameTask, RenderContext
 from lipdub.render.wav2lip.engine import Wav2LipRenderer, face_box, plan_face_boxes
-from tests.wav2lip_helpers import MEDIA_DIR, needs_shared, save_released_checkpoint
 
 FPS = 25.0
 N = 30

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from wav2lip_helpers import WAV2LIP_DIR, needs_shared
 
 from lipdub.render.wav2lip.mel import mel_windows, melspectrogram
-from tests.wav2lip_helpers import WAV2LIP_DIR, needs_shared
 
 
 @needs_shared

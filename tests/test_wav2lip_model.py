@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
-from lipdub.render.wav2lip.model import Wav2Lip
-from tests.wav2lip_helpers import (
+from wav2lip_helpers import (
     WAV2LIP_DIR,
     checkpoint_keys,
     deterministic_inputs,
     deterministic_state_dict,
     needs_shared,
 )
+
+from lipdub.render.wav2lip.model import Wav2Lip
 
 pytestmark = needs_shared
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# Same convention as tests/conftest.py on main: ../shared beside the repository, or $LIPDUB_SHARED.
+SHARED = Path(os.environ.get("LIPDUB_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 WAV2LIP_DIR = SHARED / "wav2lip"
 MEDIA_DIR = SHARED / "media"
 
