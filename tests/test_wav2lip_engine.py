@@ -117,8 +117,9 @@ def test_cuda_out_of_memory_falls_back_to_cpu(setup, monkeypatch) -> None:
         np.testing.assert_array_equal(a, b)
 
 
-def test_other_errors_are_not_swallowed(monkeypatch) -> None:
-    r = Wav2LipRenderer(Device("cuda", 0, "fake GPU", half=True), weights="w.pth")
+def test_other_errors_are_not_swallowed(monkeypatch, tmp_path: Path) -> None:
+    (tmp_path / "w.pth").write_bytes(b"x")
+    r = Wav2LipRenderer(Device("cuda", 0, "fake GPU", half=True), weights=tmp_path / "w.pth")
 
     def boom(faces, mels):
         raise RuntimeError("Expected all tensors to be on the same device")
@@ -131,6 +132,8 @@ def test_other_errors_are_not_swallowed(monkeypatch) -> None:
 def test_weights_are_required(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="--weights"):
         Wav2LipRenderer(cpu_device())
+    with pytest.raises(ModelError, match="not found at .*nope.pth"):
+        Wav2LipRenderer(cpu_device(), weights=tmp_path / "nope.pth")
     assert not Wav2LipRenderer.suits(None)  # never chosen by --engine auto
 
 

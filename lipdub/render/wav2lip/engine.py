@@ -60,6 +60,9 @@ class Wav2LipRenderer(Renderer):
             raise ModelError("The wav2lip engine needs your own checkpoint: pass --weights PATH to "
                              "wav2lip.pth or wav2lip_gan.pth.")
         self.weights = os.fspath(weights)
+        if not os.path.isfile(self.weights):  # fail before any rendering starts; contents are checked on load
+            raise ModelError(f"Wav2Lip weights not found at {self.weights}; pass the path of your wav2lip.pth "
+                             "or wav2lip_gan.pth with --weights.")
         self.batch_size = max(1, int(batch_size))
         self.model: torch.nn.Module | None = None
 
