@@ -21,14 +21,15 @@ N = 30
 
 
 def _landmarks(image: np.ndarray) -> np.ndarray:
-    mp = pytest.importorskip("mediapipe")
+    """lipdub's own face mesh on a still (the same landmarks the pipeline hands an engine)."""
     import cv2
 
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True, max_num_faces=1) as fm:
-        res = fm.process(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
-    assert res.multi_face_landmarks, "the test portrait has a face"
-    h, w = image.shape[:2]
-    return np.array([(p.x * w, p.y * h) for p in res.multi_face_landmarks[0].landmark], np.float32)
+    from lipdub.face.landmarks import FaceMesh
+
+    with FaceMesh(track=False, max_faces=1) as mesh:
+        faces = mesh.detect(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    assert faces, "the test portrait has a face"
+    return faces[0].astype(np.float32)
 
 
 @pytest.fixture(scope="module")

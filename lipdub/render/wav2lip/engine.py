@@ -21,12 +21,8 @@ from lipdub.device import Device, cpu_device, is_out_of_memory
 from lipdub.errors import ModelError
 from lipdub.face.avatar import Avatar
 from lipdub.render.base import FrameTask, RenderContext, RenderedCrop, Renderer
+from lipdub.render.masks import lower_face_mask
 from lipdub.render.wav2lip.mel import SAMPLE_RATE, mel_windows, melspectrogram
-
-try:  # the shared full-resolution mask helper; until it lands on main, a local equivalent
-    from lipdub.render.masks import lower_face_mask
-except ImportError:  # pragma: no cover - depends on the branch
-    lower_face_mask = None
 
 if TYPE_CHECKING:
     import torch
@@ -37,13 +33,10 @@ FACE_SIZE = 96  # the generator's input and output side
 DEFAULT_BATCH = 32
 MIN_GPU_BATCH = 4  # below this an out-of-memory GPU is given up for the CPU
 BOX_SMOOTH_FRAMES = 5  # centred moving average of the face box, as the published inference does
-CHIN_MARGIN = 0.08  # extra box height below the chin (fraction of face height): the jaw moves down
+CHIN_MARGIN = 0.10  # extra box height below the chin (fraction of face height): the jaw moves down
 
-# Mediapipe face-mesh indices: the face oval from cheek to cheek around the chin (starting at the
-# level of the nose base, so the eyes and nose are never touched), and the nose base.
-_JAW = [132, 58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 361]
-_NOSE_BASE = [98, 97, 2, 326, 327]
-_BROWS = [105, 334]  # middle of each eyebrow
+# Mediapipe face-mesh indices of the middle of each eyebrow.
+_BROWS = [105, 334]
 FOREHEAD_TRIM = 0.3  # share of the forehead (mesh top to brows) left out of the box
 
 
@@ -183,13 +176,9 @@ class Wav2LipRenderer(Renderer):
         crop = task.crop.copy()
         crop[y0:y1, x0:x1] = cv2.resize(pred, (x1 - x0, y1 - y0), interpolation=cv2.INTER_CUBIC)
         assert task.landmarks is not None
-        alpha = self._mask(task.landmarks, crop.shape[:2]) * box_feather(crop.shape[:2], box)
+        # lipdub's mouth-and-jaw mask, limited to where the upscaled face was pasted.
+        alpha = lower_face_mask(task.landmarks, crop.shape[:2]) * box_feather(crop.shape[:2], box)
         return RenderedCrop(crop, alpha.astype(np.float32))
-
-    def _mask(self, landmarks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        if lower_face_mask is not None:
-            return lower_face_mask(landmarks, shape)
-        return jaw_mask(landmarks, shape)
 
 
 def face_box(landmarks: np.ndarray) -> np.ndarray | None:
@@ -236,21 +225,6 @@ def plan_face_boxes(landmarks: np.ndarray, template_indices: np.ndarray,
     smooth = sums / np.maximum(counts, 1)
     smooth[~found] = np.nan
     return smooth
-
-
-def jaw_mask(landmarks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Soft float32 alpha over mouth, chin and jaw (below the nose), feathered; 0 elsewhere.
-
-    The feather runs across the jaw line on purpose: an opening mouth moves the chin down.
-    """
-    h, w = shape
-    pts = np.asarray(landmarks, np.float64)
-    poly = np.concatenate([pts[_JAW], pts[_NOSE_BASE][::-1]])
-    face_w = max(1.0, float(np.ptp(pts[:, 0])))
-    mask = np.zeros((h, w), np.float32)
-    cv2.fillConvexPoly(mask, np.round(cv2.convexHull(poly.astype(np.float32))).astype(np.int32).reshape(-1, 2), 1.0)
-    sigma = max(1.0, 0.03 * face_w)
-    return np.clip(cv2.GaussianBlur(mask, (0, 0), sigma) * 1.5, 0, 1)  # x1.5: fully opaque well inside
 
 
 def box_feather(shape: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
