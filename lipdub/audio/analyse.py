@@ -29,6 +29,7 @@ CONTEXT_S = 0.1  # extra audio either side of a chunk so analysis windows at its
 ONSET_LEAD_S = 0.15  # the jaw opens 100-200 ms before phonation starts (pre-speech posturing)
 SMOOTH_S = 0.04  # the jaw's own inertia: real openness has little energy above ~4 Hz
 PHONE_WEIGHT = 0.5  # share of the phone track in the openness at full confidence
+APERTURE_SHARE = 0.6  # lip-radiation (high band) vs jaw-height (F1) cue in the acoustic openness
 
 
 @dataclass
@@ -127,17 +128,20 @@ def _norm(v: np.ndarray, mask: np.ndarray, lo_p: float = 5, hi_p: float = 95) ->
 
 
 def acoustic_open(F: Features, speech: np.ndarray) -> np.ndarray:
-    """Openness from acoustics alone, for any language. The lips act as a low-pass radiator: the wider
-    the aperture, the more energy escapes above 3 kHz, while rounding and closing lower F2/F3 and cut
-    it (Stevens, Acoustic Phonetics ch. 3). F1 (jaw height) adds the vowel-height cue. All terms are
-    normalised over this recording's speech, so level, microphone and language drop out."""
+    """Openness from acoustics alone, for any language, as the sum of two physically separate cues.
+    Lip aperture: the lips act as a low-pass radiator, so the wider they are the more energy escapes
+    above 3 kHz, while rounding and closing cut it (Stevens, Acoustic Phonetics ch. 3). Jaw height: F1
+    rises almost linearly with jaw opening (Lindblom & Sundberg 1971). Each cue is normalised by
+    percentiles over this recording's speech, so level, microphone, voice and language drop out; they
+    are added rather than multiplied so that one failing cue (F1 lost in noise, a muffled high band)
+    only halves the contrast instead of flattening it."""
     hi = _norm(F.bands_db[:, 3], speech, 10, 97)
-    mid = _norm(10 * np.log10(10 ** (F.bands_db[:, 1] / 10) + 10 ** (F.bands_db[:, 2] / 10)), speech, 10, 97)
-    f1 = np.where(np.isfinite(F.f1), F.f1, np.nan)
+    f1 = np.asarray(F.f1, np.float64)
     ok = np.isfinite(f1[speech]).any() if speech.any() else False
+    # Unvoiced and silent hops have no F1: they take the speech median, i.e. no jaw cue either way.
     f1 = np.nan_to_num(f1, nan=float(np.nanmedian(f1[speech])) if ok else 500.0)
-    f1n = np.clip((f1 - 250.0) / 550.0, 0.0, 1.0)
-    return (0.7 * hi + 0.3 * mid) * (0.7 + 0.3 * f1n)
+    f1n = _norm(f1, speech, 10, 97) if ok else np.zeros_like(f1)
+    return APERTURE_SHARE * hi + (1.0 - APERTURE_SHARE) * f1n
 
 
 def _confidence(open_phone: np.ndarray, open_ac: np.ndarray, speech: np.ndarray, aligned: bool) -> float:
