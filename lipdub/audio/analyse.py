@@ -29,6 +29,7 @@ CONTEXT_S = 0.1  # extra audio either side of a chunk so analysis windows at its
 ONSET_LEAD_S = 0.15  # the jaw opens 100-200 ms before phonation starts (pre-speech posturing)
 SMOOTH_S = 0.04  # the jaw's own inertia: real openness has little energy above ~4 Hz
 PHONE_WEIGHT = 0.5  # share of the phone track in the openness at full confidence
+LABIO_DEPTH = 0.5  # how far an f/v pulls the opening down (allphone confuses f/v with th, so not fully)
 APERTURE_SHARE = 0.6  # lip-radiation (high band) vs jaw-height (F1) cue in the acoustic openness
 
 
@@ -197,6 +198,10 @@ def analyse_detailed(clip: AudioClip, text: str | None = None) -> tuple[Analysis
     gate[gate < 0.02] = 0.0  # no residual quiver far from speech
     closed = closure_mask(T.closed) * (gate > 0.5)
     open_ = smooth_keep_closures(open_ * gate, closed, sigma_s=0.0)
+    # f/v: the lower lip rises to the upper teeth, so the inner-lip gap almost vanishes; eased over
+    # ~20 ms either side like any lip gesture, and not a closure (the lips do not meet).
+    if n > 1 and T.labio.any():
+        open_ *= 1.0 - LABIO_DEPTH * np.clip(1.5 * gaussian_filter1d(T.labio, 0.02 / HOP_S), 0.0, 1.0)
     width = smooth_keep_closures(T.width * gate, np.zeros(n)) if n else T.width
     rnd = smooth_keep_closures(T.round * gate, np.zeros(n)) if n else T.round
     curves = {"open": np.clip(open_, 0, 1), "width": np.clip(width, -1, 1), "round": np.clip(rnd, 0, 1),
