@@ -153,7 +153,7 @@ def test_thirty_minutes_bounded_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     src = load_audio(media("en_speech_60s.wav")).samples
     clip = AudioClip(np.tile(src, 30))
     assert clip.duration >= 1799
-    monkeypatch.setattr(AN.ph, "recognise", lambda x, sr, offset_s=0.0: [])
+    monkeypatch.setattr(AN.ph, "recognise", lambda x, sr, offset_s=0.0, lw=2.0: [])
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux reports KiB)
     tr = analyse(clip, 25.0)
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before

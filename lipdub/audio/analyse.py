@@ -16,7 +16,13 @@ from scipy.signal import resample_poly
 from lipdub.audio import phones as ph
 from lipdub.audio import vad
 from lipdub.audio.features import HOP_S, Features, compute_features
-from lipdub.audio.timing import ANTICIPATION_S, closure_mask, phone_targets, smooth_keep_closures
+from lipdub.audio.timing import (
+    ANTICIPATION_S,
+    closure_mask,
+    mean_targets,
+    phone_targets,
+    smooth_keep_closures,
+)
 from lipdub.audio.track import MouthTrack
 from lipdub.media.audio import AudioClip
 
@@ -43,6 +49,7 @@ class Analysis:
     phones: list[ph.Phone]
     aligned: bool
     confidence: float
+    alternatives: list[list[ph.Phone]] = field(default_factory=list)  # further allphone decodes
     open_phone: np.ndarray = field(default_factory=lambda: np.zeros(0))
     open_acoustic: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
@@ -76,6 +83,7 @@ def _measure(clip: AudioClip, text: str | None) -> Analysis:
     cuts = _cut_points(x, sr)
     total = cuts[-1]
     feats, flags, phones = [], [], []
+    alts: list[list[ph.Phone]] = [[] for _ in ph.ALLPHONE_LWS[1:]]
     use_text = bool(text and text.strip())
     if use_text and clip.duration > ph.MAX_ALIGN_S:
         log.warning("The transcript is ignored for audio longer than %.0f s; recognising phones instead.",
@@ -96,7 +104,9 @@ def _measure(clip: AudioClip, text: str | None) -> Analysis:
         fl = vad.webrtc_flags(core, RATE)
         flags.append(np.pad(fl, (0, max(0, n - len(fl))))[:n])
         if not use_text:
-            phones.extend(ph.recognise(core, RATE, offset_s=h0 * HOP_S))
+            phones.extend(ph.recognise(core, RATE, offset_s=h0 * HOP_S, lw=ph.ALLPHONE_LWS[0]))
+            for alt, lw in zip(alts, ph.ALLPHONE_LWS[1:], strict=True):
+                alt.extend(ph.recognise(core, RATE, offset_s=h0 * HOP_S, lw=lw))
         del y, core, f
     F = Features.concat(feats)
     pad = total - len(F)
@@ -113,12 +123,15 @@ def _measure(clip: AudioClip, text: str | None) -> Analysis:
             log.warning("The transcript does not match the audio; recognising phones instead.")
             for h0, h1 in zip(cuts[:-1], cuts[1:], strict=True):
                 s0, s1 = int(round(h0 * HOP_S * sr)), int(round(h1 * HOP_S * sr))
-                phones.extend(ph.recognise(_to_16k(x[s0:s1], sr), RATE, offset_s=h0 * HOP_S))
+                y = _to_16k(x[s0:s1], sr)
+                phones.extend(ph.recognise(y, RATE, offset_s=h0 * HOP_S, lw=ph.ALLPHONE_LWS[0]))
+                for alt, lw in zip(alts, ph.ALLPHONE_LWS[1:], strict=True):
+                    alt.extend(ph.recognise(y, RATE, offset_s=h0 * HOP_S, lw=lw))
     live = F.rms_db[F.rms_db > -100.0]
     floor_db = float(np.percentile(live, 5)) if len(live) else -120.0
     peak_db = float(np.percentile(live, 98)) if len(live) else -120.0
     speech = vad.speech_mask(raw, F.rms_db, floor_db, peak_db)
-    return Analysis(F, raw, speech, phones, aligned, 0.0)
+    return Analysis(F, raw, speech, phones, aligned, 0.0, [] if aligned else alts)
 
 
 def _norm(v: np.ndarray, mask: np.ndarray, lo_p: float = 5, hi_p: float = 95) -> np.ndarray:
@@ -177,7 +190,7 @@ def analyse_detailed(clip: AudioClip, text: str | None = None) -> tuple[Analysis
     """Per-hop analysis and per-hop mouth curves (open, width, round, closed, speech)."""
     A = _measure(clip, text)
     n = len(A.features)
-    T = phone_targets(A.phones, n)
+    T = mean_targets([phone_targets(p, n) for p in [A.phones, *A.alternatives]])
     speech = A.speech.astype(bool)
     oa = acoustic_open(A.features, speech)
     # Acoustic openness leads like the phones do: the jaw opens before the sound.

@@ -87,6 +87,14 @@ def phone_targets(phones: list[Phone], n_hops: int) -> Targets:
     return Targets(vals[0], vals[1], vals[2], closed, labio)
 
 
+def mean_targets(ts: list[Targets]) -> Targets:
+    """Average of several decodes' targets: shapes they agree on stay, disagreements meet half-way."""
+    if len(ts) == 1:
+        return ts[0]
+    return Targets(*(np.mean([getattr(t, k) for t in ts], axis=0) for k in ("open", "width", "round", "closed",
+                                                                             "labio")))
+
+
 def smooth_keep_closures(x: np.ndarray, closed: np.ndarray, sigma_s: float = 0.02) -> np.ndarray:
     """Gaussian smoothing, then closures re-imposed so they stay crisp (the lips really shut)."""
     y = gaussian_filter1d(x, sigma_s / HOP_S, mode="nearest") if len(x) > 1 and sigma_s > 0 else x.copy()
