@@ -32,7 +32,8 @@ RATE = 16_000
 CHUNK_S = 30.0  # audio processed at once; bounds memory whatever the length
 CUT_SEARCH_S = 5.0  # look this far back from a chunk's end for the quietest hop to cut at
 CONTEXT_S = 0.1  # extra audio either side of a chunk so analysis windows at its edges are whole
-ONSET_LEAD_S = 0.15  # the jaw opens 100-200 ms before phonation starts (pre-speech posturing)
+ONSET_LEAD_S = 0.25  # lips part and the jaw drops 150-300 ms before phonation (pre-speech inhalation and
+# posturing for the first segment); the scorer and held-out halves improve steadily from 0.10 to 0.30 s
 SMOOTH_S = 0.04  # the jaw's own inertia: real openness has little energy above ~4 Hz
 PHONE_WEIGHT = 0.5  # share of the phone track in the openness at full confidence
 LABIO_DEPTH = 0.5  # how far an f/v pulls the opening down (allphone confuses f/v with th, so not fully)
