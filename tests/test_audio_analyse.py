@@ -103,12 +103,14 @@ def test_silence_rests_without_quiver() -> None:
     assert not tr.speech.any() and np.ptp(tr.open) == 0
 
 
-def test_pause_in_real_speech_is_still(radio: AudioClip) -> None:
-    tr = analyse(radio, 25.0)
+def test_pause_in_real_speech_is_still() -> None:
+    # en_speech_12s has several pauses of 0.5-1.7 s (the radio clip's one 0.4 s pause is now mostly
+    # taken by the pre-speech opening of the next phrase).
+    tr = analyse(load_audio(media("en_speech_12s.wav")), 25.0)
     quiet = ~tr.speech
     # Interior runs of silence (away from the easing at their edges) do not move.
     core = quiet & np.roll(quiet, 2) & np.roll(quiet, -2)
-    assert core.sum() >= 3
+    assert core.sum() >= 20
     assert np.ptp(tr.open[core]) < 0.02
 
 
@@ -153,7 +155,7 @@ def test_thirty_minutes_bounded_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     src = load_audio(media("en_speech_60s.wav")).samples
     clip = AudioClip(np.tile(src, 30))
     assert clip.duration >= 1799
-    monkeypatch.setattr(AN.ph, "recognise", lambda x, sr, offset_s=0.0: [])
+    monkeypatch.setattr(AN.ph, "recognise", lambda x, sr, offset_s=0.0, lw=2.0: [])
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux reports KiB)
     tr = analyse(clip, 25.0)
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before

@@ -16,7 +16,13 @@ from scipy.signal import resample_poly
 from lipdub.audio import phones as ph
 from lipdub.audio import vad
 from lipdub.audio.features import HOP_S, Features, compute_features
-from lipdub.audio.timing import ANTICIPATION_S, closure_mask, phone_targets, smooth_keep_closures
+from lipdub.audio.timing import (
+    ANTICIPATION_S,
+    closure_mask,
+    mean_targets,
+    phone_targets,
+    smooth_keep_closures,
+)
 from lipdub.audio.track import MouthTrack
 from lipdub.media.audio import AudioClip
 
@@ -26,9 +32,12 @@ RATE = 16_000
 CHUNK_S = 30.0  # audio processed at once; bounds memory whatever the length
 CUT_SEARCH_S = 5.0  # look this far back from a chunk's end for the quietest hop to cut at
 CONTEXT_S = 0.1  # extra audio either side of a chunk so analysis windows at its edges are whole
-ONSET_LEAD_S = 0.15  # the jaw opens 100-200 ms before phonation starts (pre-speech posturing)
+ONSET_LEAD_S = 0.25  # lips part and the jaw drops 150-300 ms before phonation (pre-speech inhalation and
+# posturing for the first segment); the scorer and held-out halves improve steadily from 0.10 to 0.30 s
 SMOOTH_S = 0.04  # the jaw's own inertia: real openness has little energy above ~4 Hz
 PHONE_WEIGHT = 0.5  # share of the phone track in the openness at full confidence
+LABIO_DEPTH = 0.5  # how far an f/v pulls the opening down (allphone confuses f/v with th, so not fully)
+APERTURE_SHARE = 0.6  # lip-radiation (high band) vs jaw-height (F1) cue in the acoustic openness
 
 
 @dataclass
@@ -41,6 +50,7 @@ class Analysis:
     phones: list[ph.Phone]
     aligned: bool
     confidence: float
+    alternatives: list[list[ph.Phone]] = field(default_factory=list)  # further allphone decodes
     open_phone: np.ndarray = field(default_factory=lambda: np.zeros(0))
     open_acoustic: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
@@ -74,6 +84,7 @@ def _measure(clip: AudioClip, text: str | None) -> Analysis:
     cuts = _cut_points(x, sr)
     total = cuts[-1]
     feats, flags, phones = [], [], []
+    alts: list[list[ph.Phone]] = [[] for _ in ph.ALLPHONE_LWS[1:]]
     use_text = bool(text and text.strip())
     if use_text and clip.duration > ph.MAX_ALIGN_S:
         log.warning("The transcript is ignored for audio longer than %.0f s; recognising phones instead.",
@@ -94,7 +105,9 @@ def _measure(clip: AudioClip, text: str | None) -> Analysis:
         fl = vad.webrtc_flags(core, RATE)
         flags.append(np.pad(fl, (0, max(0, n - len(fl))))[:n])
         if not use_text:
-            phones.extend(ph.recognise(core, RATE, offset_s=h0 * HOP_S))
+            phones.extend(ph.recognise(core, RATE, offset_s=h0 * HOP_S, lw=ph.ALLPHONE_LWS[0]))
+            for alt, lw in zip(alts, ph.ALLPHONE_LWS[1:], strict=True):
+                alt.extend(ph.recognise(core, RATE, offset_s=h0 * HOP_S, lw=lw))
         del y, core, f
     F = Features.concat(feats)
     pad = total - len(F)
@@ -111,12 +124,15 @@ def _measure(clip: AudioClip, text: str | None) -> Analysis:
             log.warning("The transcript does not match the audio; recognising phones instead.")
             for h0, h1 in zip(cuts[:-1], cuts[1:], strict=True):
                 s0, s1 = int(round(h0 * HOP_S * sr)), int(round(h1 * HOP_S * sr))
-                phones.extend(ph.recognise(_to_16k(x[s0:s1], sr), RATE, offset_s=h0 * HOP_S))
+                y = _to_16k(x[s0:s1], sr)
+                phones.extend(ph.recognise(y, RATE, offset_s=h0 * HOP_S, lw=ph.ALLPHONE_LWS[0]))
+                for alt, lw in zip(alts, ph.ALLPHONE_LWS[1:], strict=True):
+                    alt.extend(ph.recognise(y, RATE, offset_s=h0 * HOP_S, lw=lw))
     live = F.rms_db[F.rms_db > -100.0]
     floor_db = float(np.percentile(live, 5)) if len(live) else -120.0
     peak_db = float(np.percentile(live, 98)) if len(live) else -120.0
     speech = vad.speech_mask(raw, F.rms_db, floor_db, peak_db)
-    return Analysis(F, raw, speech, phones, aligned, 0.0)
+    return Analysis(F, raw, speech, phones, aligned, 0.0, [] if aligned else alts)
 
 
 def _norm(v: np.ndarray, mask: np.ndarray, lo_p: float = 5, hi_p: float = 95) -> np.ndarray:
@@ -127,17 +143,20 @@ def _norm(v: np.ndarray, mask: np.ndarray, lo_p: float = 5, hi_p: float = 95) ->
 
 
 def acoustic_open(F: Features, speech: np.ndarray) -> np.ndarray:
-    """Openness from acoustics alone, for any language. The lips act as a low-pass radiator: the wider
-    the aperture, the more energy escapes above 3 kHz, while rounding and closing lower F2/F3 and cut
-    it (Stevens, Acoustic Phonetics ch. 3). F1 (jaw height) adds the vowel-height cue. All terms are
-    normalised over this recording's speech, so level, microphone and language drop out."""
+    """Openness from acoustics alone, for any language, as the sum of two physically separate cues.
+    Lip aperture: the lips act as a low-pass radiator, so the wider they are the more energy escapes
+    above 3 kHz, while rounding and closing cut it (Stevens, Acoustic Phonetics ch. 3). Jaw height: F1
+    rises almost linearly with jaw opening (Lindblom & Sundberg 1971). Each cue is normalised by
+    percentiles over this recording's speech, so level, microphone, voice and language drop out; they
+    are added rather than multiplied so that one failing cue (F1 lost in noise, a muffled high band)
+    only halves the contrast instead of flattening it."""
     hi = _norm(F.bands_db[:, 3], speech, 10, 97)
-    mid = _norm(10 * np.log10(10 ** (F.bands_db[:, 1] / 10) + 10 ** (F.bands_db[:, 2] / 10)), speech, 10, 97)
-    f1 = np.where(np.isfinite(F.f1), F.f1, np.nan)
+    f1 = np.asarray(F.f1, np.float64)
     ok = np.isfinite(f1[speech]).any() if speech.any() else False
+    # Unvoiced and silent hops have no F1: they take the speech median, i.e. no jaw cue either way.
     f1 = np.nan_to_num(f1, nan=float(np.nanmedian(f1[speech])) if ok else 500.0)
-    f1n = np.clip((f1 - 250.0) / 550.0, 0.0, 1.0)
-    return (0.7 * hi + 0.3 * mid) * (0.7 + 0.3 * f1n)
+    f1n = _norm(f1, speech, 10, 97) if ok else np.zeros_like(f1)
+    return APERTURE_SHARE * hi + (1.0 - APERTURE_SHARE) * f1n
 
 
 def _confidence(open_phone: np.ndarray, open_ac: np.ndarray, speech: np.ndarray, aligned: bool) -> float:
@@ -172,7 +191,7 @@ def analyse_detailed(clip: AudioClip, text: str | None = None) -> tuple[Analysis
     """Per-hop analysis and per-hop mouth curves (open, width, round, closed, speech)."""
     A = _measure(clip, text)
     n = len(A.features)
-    T = phone_targets(A.phones, n)
+    T = mean_targets([phone_targets(p, n) for p in [A.phones, *A.alternatives]])
     speech = A.speech.astype(bool)
     oa = acoustic_open(A.features, speech)
     # Acoustic openness leads like the phones do: the jaw opens before the sound.
@@ -193,6 +212,10 @@ def analyse_detailed(clip: AudioClip, text: str | None = None) -> tuple[Analysis
     gate[gate < 0.02] = 0.0  # no residual quiver far from speech
     closed = closure_mask(T.closed) * (gate > 0.5)
     open_ = smooth_keep_closures(open_ * gate, closed, sigma_s=0.0)
+    # f/v: the lower lip rises to the upper teeth, so the inner-lip gap almost vanishes; eased over
+    # ~20 ms either side like any lip gesture, and not a closure (the lips do not meet).
+    if n > 1 and T.labio.any():
+        open_ *= 1.0 - LABIO_DEPTH * np.clip(1.5 * gaussian_filter1d(T.labio, 0.02 / HOP_S), 0.0, 1.0)
     width = smooth_keep_closures(T.width * gate, np.zeros(n)) if n else T.width
     rnd = smooth_keep_closures(T.round * gate, np.zeros(n)) if n else T.round
     curves = {"open": np.clip(open_, 0, 1), "width": np.clip(width, -1, 1), "round": np.clip(rnd, 0, 1),

@@ -48,7 +48,13 @@ def _norm_label(name: str) -> str:
     return re.sub(r"\d", "", name)
 
 
-def _allphone_decoder():  # noqa: ANN202 - pocketsphinx type
+# Allphone is noisy: one decode's bilabials and vowels flip with the language weight. Two decodes, one
+# leaning on the acoustics (lw 2, the CMU tutorial's value) and one on the phone bigram (lw 4), are
+# averaged downstream; where they disagree the shape is half-way, which is the honest answer.
+ALLPHONE_LWS = (2.0, 4.0)
+
+
+def _allphone_decoder(lw: float = 2.0):  # noqa: ANN202 - pocketsphinx type
     # A fresh decoder per chunk (~0.1 s): a reused one carries adaptation state between utterances,
     # which would make results depend on what was decoded before.
     import pocketsphinx
@@ -57,15 +63,15 @@ def _allphone_decoder():  # noqa: ANN202 - pocketsphinx type
     # lw 2 keeps the phone bigram from overriding the acoustics (values from the CMU allphone tutorial);
     # batch CMN normalises each chunk on its own, so results do not depend on what was decoded before.
     cfg = pocketsphinx.Config(hmm=hmm, dict=dic, allphone=phone_lm, lm=None, beam=1e-20, pbeam=1e-20,
-                              lw=2.0, cmn="batch", loglevel="ERROR")
+                              lw=lw, cmn="batch", loglevel="ERROR")
     return pocketsphinx.Decoder(cfg)
 
 
-def recognise(x: np.ndarray, sr: int, offset_s: float = 0.0) -> list[Phone]:
+def recognise(x: np.ndarray, sr: int, offset_s: float = 0.0, lw: float = 2.0) -> list[Phone]:
     """Phone-loop recognition of one chunk (16 kHz); times are shifted by ``offset_s``."""
     if sr != 16000:
         raise ValueError("pocketsphinx needs 16 kHz audio")
-    d = _allphone_decoder()
+    d = _allphone_decoder(lw)
     d.start_utt()
     d.process_raw(_pcm16(x), full_utt=True)
     d.end_utt()

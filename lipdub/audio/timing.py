@@ -10,7 +10,7 @@ from scipy.ndimage import gaussian_filter1d, maximum_filter1d
 
 from lipdub.audio.features import HOP_S
 from lipdub.audio.phones import Phone
-from lipdub.audio.visemes import BILABIALS, shape
+from lipdub.audio.visemes import BILABIALS, LABIODENTALS, shape
 
 ANTICIPATION_S = 0.08  # lips/jaw lead the sound by 50-120 ms (Schwartz & Savariaux 2014)
 CLOSURE_LEAD_S = 0.03  # lips are shut a little before the plosive's acoustic segment starts
@@ -27,6 +27,7 @@ class Targets:
     width: np.ndarray
     round: np.ndarray
     closed: np.ndarray
+    labio: np.ndarray  # 1 during f/v (lip against teeth), else 0
 
 
 def enforce_min_duration(phones: list[Phone], min_s: float = MIN_SHAPE_S) -> list[Phone]:
@@ -56,6 +57,7 @@ def phone_targets(phones: list[Phone], n_hops: int) -> Targets:
     num = np.zeros((3, n_hops))
     den = np.full(n_hops, 1e-3)  # a faint rest dominance so gaps fall back to a resting mouth
     closed = np.zeros(n_hops)
+    labio = np.zeros(n_hops)
     reach = int(np.ceil(4 * SPREAD_BEFORE_S / HOP_S)) + 2
     for p in enforce_min_duration(phones):
         s = shape(p.label)
@@ -77,8 +79,20 @@ def phone_targets(phones: list[Phone], n_hops: int) -> Targets:
             c0 = max(0, int(round((p.start - CLOSURE_LEAD_S) / HOP_S)))
             c1 = min(n_hops, max(c0 + 1, int(round(p.end / HOP_S)) - 1))
             closed[c0:c1] = 1.0
+        elif p.label in LABIODENTALS:
+            c0 = max(0, int(round((p.start - CLOSURE_LEAD_S) / HOP_S)))
+            c1 = min(n_hops, max(c0 + 1, int(round(p.end / HOP_S)) - 1))
+            labio[c0:c1] = 1.0
     vals = num / den
-    return Targets(vals[0], vals[1], vals[2], closed)
+    return Targets(vals[0], vals[1], vals[2], closed, labio)
+
+
+def mean_targets(ts: list[Targets]) -> Targets:
+    """Average of several decodes' targets: shapes they agree on stay, disagreements meet half-way."""
+    if len(ts) == 1:
+        return ts[0]
+    return Targets(*(np.mean([getattr(t, k) for t in ts], axis=0) for k in ("open", "width", "round", "closed",
+                                                                             "labio")))
 
 
 def smooth_keep_closures(x: np.ndarray, closed: np.ndarray, sigma_s: float = 0.02) -> np.ndarray:

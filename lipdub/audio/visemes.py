@@ -49,6 +49,7 @@ SHAPES: dict[str, Shape] = {
 }
 
 BILABIALS = frozenset({"P", "B", "M"})
+LABIODENTALS = frozenset({"F", "V"})  # lower lip tucked under the upper teeth: almost no inner-lip gap
 VOWELS = frozenset(k for k in SHAPES if len(k) == 2 and k[0] in "AEIOU")
 
 
