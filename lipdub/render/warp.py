@@ -49,14 +49,19 @@ class WarpRenderer(Renderer):
         m = self.ctx.mouth
         i = min(out_index, len(m) - 1)
         iod = float(inter_ocular(lm))
-        le, re = eye_centres(lm)
-        ex = (re - le) / max(np.linalg.norm(re - le), 1e-6)
-        ey = np.array([-ex[1], ex[0]], np.float32)  # towards the chin
         src_gap = float(lip_gap(lm))
         open_ = float(m.open[i]) * (1.0 - float(m.closed[i]))
         dst_gap = max(0.0, open_) * MAX_GAP * iod
-        delta = dst_gap - src_gap
+        moved = self.move_points(lm, dst_gap - src_gap, float(m.width[i]), float(m.round[i]))
+        return moved, src_gap, dst_gap
 
+    @staticmethod
+    def move_points(lm: np.ndarray, delta: float, width: float, round_: float) -> np.ndarray:
+        """Landmarks with the lip gap changed by ``delta`` pixels (jaw following) and the lips spread/rounded."""
+        iod = float(inter_ocular(lm))
+        le, re = eye_centres(lm)
+        ex = (re - le) / max(np.linalg.norm(re - le), 1e-6)
+        ey = np.array([-ex[1], ex[0]], np.float32)  # towards the chin
         centre = lm[[61, 291]].mean(0)
         rel = lm - centre
         u = rel @ ex / iod
@@ -72,11 +77,11 @@ class WarpRenderer(Renderer):
         moved = lm + np.outer(w * delta, ey)
 
         # Width and rounding: the lips scale sideways about the mouth centre.
-        spread = 0.10 * float(m.width[i]) - 0.16 * float(m.round[i])
+        spread = 0.10 * width - 0.16 * round_
         lips = np.array(sorted(set(_LOWER_LIP) | set(_UPPER_LIP) | _CORNERS))
         near = 1 - _smoothstep((np.abs(u[lips]) - 0.45) / 0.3)
         moved[lips] += np.outer((rel[lips] @ ex) * spread * near, ex)
-        return moved.astype(np.float32), src_gap, dst_gap
+        return moved.astype(np.float32)
 
     def _render_one(self, task: FrameTask) -> RenderedCrop:
         lm = task.landmarks
@@ -95,23 +100,41 @@ class WarpRenderer(Renderer):
 
 
 def warp_piecewise_affine(img: np.ndarray, src: np.ndarray, dst: np.ndarray, region: np.ndarray) -> np.ndarray:
-    """Warp ``img`` so that points ``src`` land on ``dst``, inside ``region`` (a polygon); identity outside.
-
-    The mesh points inside the region plus the region's outline (fixed) are triangulated at their
-    destinations; each pixel is mapped back through its triangle's affine transform.
-    """
+    """Warp ``img`` so that points ``src`` land on ``dst``, inside ``region`` (a polygon); identity outside."""
     h, w = img.shape[:2]
     poly = cv2.convexHull(region.astype(np.float32)).reshape(-1, 2)
-    inside = cv2.pointPolygonTest
-    keep = np.array([inside(poly, (float(x), float(y)), False) > 0 for x, y in src])
-    # Fixed anchors: the outline, densified, so nothing outside the region moves.
-    anchors = _densify(poly, step=max(4.0, min(h, w) / 40))
-    s = np.concatenate([src[keep], anchors]).astype(np.float64)
-    d = np.concatenate([dst[keep], anchors]).astype(np.float64)
-    x0, y0 = np.floor(np.maximum(anchors.min(0), 0)).astype(int)
-    x1, y1 = np.ceil(np.minimum(anchors.max(0), [w - 1, h - 1])).astype(int)
-    if x1 <= x0 or y1 <= y0 or len(s) < 3:
+    x0, y0 = np.floor(np.maximum(poly.min(0), 0)).astype(int)
+    x1, y1 = np.ceil(np.minimum(poly.max(0), [w - 1, h - 1])).astype(int) + 1
+    if x1 - x0 < 2 or y1 - y0 < 2:
         return img.copy()
+    maps = piecewise_affine_maps(src, dst, region, (x0, y0, x1, y1))
+    if maps is None:
+        return img.copy()
+    out = img.copy()
+    out[y0:y1, x0:x1] = cv2.remap(img, maps[0], maps[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out
+
+
+def piecewise_affine_maps(src: np.ndarray, dst: np.ndarray, region: np.ndarray, box: tuple[int, int, int, int],
+                          points: list[int] | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """cv2.remap maps over ``box`` (x0, y0, x1, y1) that pull each pixel from where ``src`` points sit
+    to where ``dst`` points are; identity on ``region``'s outline (a polygon) and outside it.
+
+    The mesh points inside the region (or ``points``) plus the region's outline (fixed) are
+    triangulated at their destinations; each pixel is mapped back through its triangle's affine
+    transform. The map is computed every _GRID pixels and interpolated: it is piecewise smooth.
+    """
+    x0, y0, x1, y1 = box
+    poly = cv2.convexHull(region.astype(np.float32)).reshape(-1, 2)
+    idx = np.arange(len(src)) if points is None else np.unique(np.asarray(points))
+    keep = np.array([cv2.pointPolygonTest(poly, (float(x), float(y)), False) > 0 for x, y in dst[idx]], bool)
+    # Fixed anchors: the outline, densified, so nothing outside the region moves.
+    span = float(np.ptp(poly, axis=0).max())
+    anchors = _densify(poly, step=max(4.0, span / 30))
+    s = np.concatenate([src[idx[keep]], anchors]).astype(np.float64)
+    d = np.concatenate([dst[idx[keep]], anchors]).astype(np.float64)
+    if len(s) < 3:
+        return None
     tri = Delaunay(d)
     gx = np.arange(x0, x1 + _GRID, _GRID, dtype=np.float64)
     gy = np.arange(y0, y1 + _GRID, _GRID, dtype=np.float64)
@@ -127,7 +150,7 @@ def warp_piecewise_affine(img: np.ndarray, src: np.ndarray, dst: np.ndarray, reg
     mapped[ok] = np.einsum("ni,nij->nj", bary, s[verts])
     map_x = mapped[:, 0].reshape(px.shape).astype(np.float32)
     map_y = mapped[:, 1].reshape(px.shape).astype(np.float32)
-    bw, bh = x1 - x0 + 1, y1 - y0 + 1
+    bw, bh = x1 - x0, y1 - y0
     # Interpolate the coarse map to every pixel (its grid starts at x0, y0 with step _GRID).
     full_x = cv2.resize(map_x, (len(gx) * _GRID, len(gy) * _GRID), interpolation=cv2.INTER_LINEAR)
     full_y = cv2.resize(map_y, (len(gx) * _GRID, len(gy) * _GRID), interpolation=cv2.INTER_LINEAR)
@@ -135,9 +158,7 @@ def warp_piecewise_affine(img: np.ndarray, src: np.ndarray, dst: np.ndarray, reg
     M = np.float32([[1, 0, off], [0, 1, off]])
     full_x = cv2.warpAffine(full_x, M, (bw, bh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     full_y = cv2.warpAffine(full_y, M, (bw, bh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    out = img.copy()
-    out[y0 : y1 + 1, x0 : x1 + 1] = cv2.remap(img, full_x, full_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return out
+    return full_x, full_y
 
 
 def _densify(poly: np.ndarray, step: float) -> np.ndarray:

@@ -1,0 +1,43 @@
+"""Compositing a retrieved lower face onto a template frame: the mask, and colour matching."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from lipdub.face.landmarks import inter_ocular
+from lipdub.render.masks import lower_face_polygon, polygon_alpha
+
+FEATHER = 0.20  # x inter-ocular distance
+
+
+def composite_alpha(lm_template: np.ndarray, lm_source: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Feathered mask over the lower face of both the template frame and the aligned source.
+
+    The union matters when the source's chin is lower (or higher) than the frame's: both chins
+    must lie inside, or one would show twice.
+    """
+    iod = float(inter_ocular(lm_template))
+    a = polygon_alpha(lower_face_polygon(lm_template), shape, FEATHER * iod)
+    b = polygon_alpha(lower_face_polygon(lm_source), shape, FEATHER * iod)
+    return np.maximum(a, b)
+
+
+def match_colour(patch: np.ndarray, target: np.ndarray, alpha: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """Shift ``patch``'s Lab mean and scale its spread to ``target``'s where the two meet.
+
+    Statistics come from the feathered ring above the mouth line (cheeks, under the nose), where
+    both show the same skin; below it the two chins may differ in place, not in light.
+    """
+    ring = (alpha > 0.05) & (alpha < 0.95)
+    mouth_y = float(lm[[61, 291], 1].mean())
+    ring[int(max(mouth_y, 0)) :] = False
+    if ring.sum() < 50:
+        return patch
+    p = cv2.cvtColor(patch, cv2.COLOR_BGR2LAB).astype(np.float32)
+    t = cv2.cvtColor(target, cv2.COLOR_BGR2LAB).astype(np.float32)
+    ps, ts = p[ring], t[ring]
+    mp, mt = ps.mean(0), ts.mean(0)
+    gain = np.clip((ts.std(0) + 1.0) / (ps.std(0) + 1.0), 0.85, 1.18)
+    out = (p - mp) * gain + mt
+    return cv2.cvtColor(np.clip(out + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_LAB2BGR)
