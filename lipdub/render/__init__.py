@@ -15,6 +15,7 @@ __all__ = ["ENGINES", "FrameTask", "RenderContext", "RenderedCrop", "Renderer", 
 ENGINES: dict[str, str] = {
     "retrieval": "lipdub.render.retrieval:RetrievalRenderer",
     "warp": "lipdub.render.warp:WarpRenderer",
+    "wav2lip": "lipdub.render.wav2lip.engine:Wav2LipRenderer",
 }
 
 # Order in which `--engine auto` tries engines; the first whose suits(avatar) is true wins.
