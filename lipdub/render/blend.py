@@ -5,10 +5,28 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from lipdub.face.landmarks import inter_ocular
+from lipdub.face.landmarks import JAW, NOSE_BASE, inter_ocular
 from lipdub.render.masks import lower_face_polygon, polygon_alpha
 
 FEATHER = 0.20  # x inter-ocular distance
+# The mask reaches this far past the chin (x iod), so both chins lie where alpha is 1: no ghost chin.
+# Towards the ears the margin shrinks to SIDE_MARGIN, keeping hair and background beside the face.
+CHIN_MARGIN = 0.32
+SIDE_MARGIN = 0.08
+
+
+def composite_polygon(lm: np.ndarray) -> np.ndarray:
+    """The lower-face polygon with a margin past the jaw that is widest at the chin."""
+    poly = lower_face_polygon(lm, chin_margin=0.0)
+    n = len(JAW)
+    iod = float(inter_ocular(lm))
+    centre = lm[NOSE_BASE].mean(0)
+    out = poly[:n] - centre
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
+    k = np.abs(np.arange(n) - (n - 1) / 2) / ((n - 1) / 2)  # 0 at the chin, 1 at the ears
+    margin = SIDE_MARGIN + (CHIN_MARGIN - SIDE_MARGIN) * (1 - k) ** 1.5
+    poly[:n] += out * (margin * iod)[:, None]
+    return poly
 
 
 def composite_alpha(lm_template: np.ndarray, lm_source: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -18,8 +36,8 @@ def composite_alpha(lm_template: np.ndarray, lm_source: np.ndarray, shape: tuple
     must lie inside, or one would show twice.
     """
     iod = float(inter_ocular(lm_template))
-    a = polygon_alpha(lower_face_polygon(lm_template), shape, FEATHER * iod)
-    b = polygon_alpha(lower_face_polygon(lm_source), shape, FEATHER * iod)
+    a = polygon_alpha(composite_polygon(lm_template), shape, FEATHER * iod)
+    b = polygon_alpha(composite_polygon(lm_source), shape, FEATHER * iod)
     return np.maximum(a, b)
 
 
