@@ -140,10 +140,23 @@ def piecewise_affine_maps(src: np.ndarray, dst: np.ndarray, region: np.ndarray, 
     gy = np.arange(y0, y1 + _GRID, _GRID, dtype=np.float64)
     px, py = np.meshgrid(gx, gy)
     pts = np.stack([px.ravel(), py.ravel()], 1)
-    simplex = tri.find_simplex(pts)
+    # Which triangle each grid point lies in, by rasterising the triangles (Delaunay.find_simplex is
+    # ~100x slower). A point on a shared edge may land in either: both affine maps agree there.
+    label = np.zeros(px.shape, np.int32)
+    corners = np.round((d[tri.simplices] - [x0, y0]) / _GRID * 16).astype(np.int32)
+    for k, tri_pts in enumerate(corners):
+        cv2.fillConvexPoly(label, tri_pts, k + 1, lineType=cv2.LINE_8, shift=4)
+    simplex = label.ravel() - 1
     ok = simplex >= 0
-    t = tri.transform[simplex[ok]]
-    b2 = np.einsum("nij,nj->ni", t[:, :2], pts[ok] - t[:, 2])
+    # Barycentric transforms computed here: scipy's Delaunay.transform is very slow on first use.
+    v = d[tri.simplices]  # (m, 3, 2)
+    edges = np.stack([v[:, 0] - v[:, 2], v[:, 1] - v[:, 2]], axis=-1)  # columns: v0-v2, v1-v2
+    det = edges[:, 0, 0] * edges[:, 1, 1] - edges[:, 0, 1] * edges[:, 1, 0]
+    det = np.where(np.abs(det) < 1e-12, 1e-12, det)
+    inv = np.stack([np.stack([edges[:, 1, 1], -edges[:, 0, 1]], -1),
+                    np.stack([-edges[:, 1, 0], edges[:, 0, 0]], -1)], 1) / det[:, None, None]
+    sk = simplex[ok]
+    b2 = np.einsum("nij,nj->ni", inv[sk], pts[ok] - v[sk, 2])
     bary = np.concatenate([b2, 1 - b2.sum(1, keepdims=True)], 1)
     verts = tri.simplices[simplex[ok]]
     mapped = pts.copy()
