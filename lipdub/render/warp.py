@@ -9,16 +9,20 @@ import numpy as np
 from scipy.spatial import Delaunay
 
 from lipdub.face.landmarks import (
+    LEFT_EYE_LOWER,
+    LEFT_EYE_UPPER,
     LIPS_INNER_LOWER,
     LIPS_INNER_UPPER,
     LIPS_OUTER_LOWER,
     LIPS_OUTER_UPPER,
+    RIGHT_EYE_LOWER,
+    RIGHT_EYE_UPPER,
     eye_centres,
     inter_ocular,
     lip_gap,
 )
 from lipdub.render.base import FrameTask, RenderedCrop, Renderer
-from lipdub.render.masks import lower_face_mask, lower_face_polygon
+from lipdub.render.masks import lower_face_mask, lower_face_polygon, polygon_alpha
 
 # Lip gap at open = 1, in inter-ocular distances (a wide "ah" in real speech).
 MAX_GAP = 0.30
@@ -96,10 +100,50 @@ class WarpRenderer(Renderer):
         if extra > 0.01 * iod:
             strength = float(np.clip(extra / (0.06 * iod), 0.0, 1.0))
             draw_mouth_interior(warped, moved, iod, strength)
+        if self.ctx.avatar.kind == "image":
+            # A photo has no blinks of its own; a face that never blinks looks dead. (Video templates
+            # keep their own eyes: outside the lower face their pixels stay the template's.)
+            closure = blink_closure(task.out_index, self.ctx.fps)
+            if closure > 0:
+                warped, eyes = blink(warped, lm, closure)
+                alpha = np.maximum(alpha, eyes)
         return RenderedCrop(warped, alpha)
 
 
-def warp_piecewise_affine(img: np.ndarray, src: np.ndarray, dst: np.ndarray, region: np.ndarray) -> np.ndarray:
+def blink_closure(frame: int, fps: float, seed: int = 7) -> float:
+    """How closed the eyes are (0..1) on output ``frame``: a ~170 ms blink every 3-6 s, at irregular times."""
+    rng = np.random.default_rng(seed)
+    t = frame / fps
+    start = 1.2  # the first blink comes early, so short clips blink too
+    duration = 0.17
+    while start <= t:
+        if t < start + duration:
+            return float(np.sin(np.pi * (t - start) / duration) ** 0.7)
+        start += rng.uniform(3.0, 6.0)
+    return 0.0
+
+
+def blink(img: np.ndarray, lm: np.ndarray, closure: float) -> tuple[np.ndarray, np.ndarray]:
+    """Lower both upper eyelids towards the lower ones by ``closure``; returns (image, feathered eye mask)."""
+    moved = lm.copy()
+    h, w = img.shape[:2]
+    alpha = np.zeros((h, w), np.float32)
+    iod = float(inter_ocular(lm))
+    out = img
+    for upper, lower in ((LEFT_EYE_UPPER, LEFT_EYE_LOWER), (RIGHT_EYE_UPPER, RIGHT_EYE_LOWER)):
+        up, lo = lm[upper], lm[lower]
+        # The lid closes onto a line a little above the lower lid, not exactly onto it.
+        moved[upper] = up + closure * 0.92 * (lo - up)
+        centre = np.concatenate([up, lo]).mean(0)
+        region = centre + (np.concatenate([up, lo]) - centre) * np.array([1.5, 2.6])
+        # Only the lids steer the warp: the iris and eyeball points would hold the eye open.
+        out = warp_piecewise_affine(out, lm, moved, region, [*upper, *lower])
+        alpha = np.maximum(alpha, polygon_alpha(region, (h, w), 0.08 * iod))
+    return out, alpha
+
+
+def warp_piecewise_affine(img: np.ndarray, src: np.ndarray, dst: np.ndarray, region: np.ndarray,
+                          points: list[int] | None = None) -> np.ndarray:
     """Warp ``img`` so that points ``src`` land on ``dst``, inside ``region`` (a polygon); identity outside."""
     h, w = img.shape[:2]
     poly = cv2.convexHull(region.astype(np.float32)).reshape(-1, 2)
@@ -107,7 +151,7 @@ def warp_piecewise_affine(img: np.ndarray, src: np.ndarray, dst: np.ndarray, reg
     x1, y1 = np.ceil(np.minimum(poly.max(0), [w - 1, h - 1])).astype(int) + 1
     if x1 - x0 < 2 or y1 - y0 < 2:
         return img.copy()
-    maps = piecewise_affine_maps(src, dst, region, (x0, y0, x1, y1))
+    maps = piecewise_affine_maps(src, dst, region, (x0, y0, x1, y1), points)
     if maps is None:
         return img.copy()
     out = img.copy()
@@ -221,8 +265,12 @@ def draw_mouth_interior(img: np.ndarray, lm: np.ndarray, iod: float, strength: f
     across = _smoothstep((0.5 - np.abs(mid - 0.5)) / 0.3)
     teeth_h = np.minimum(0.35 * gap, 0.07 * iod)
     band = (1 - _smoothstep((yy - up_y - teeth_h) / np.maximum(0.25 * teeth_h, 1.0))) * across
-    teeth = np.array([150, 168, 184], np.float32) * min(light, 1.1)  # warm, never paper-white
+    teeth = np.array([170, 190, 208], np.float32) * min(light, 1.1)  # ivory, never paper-white
     teeth_col = teeth * (0.82 + 0.18 * (1 - np.clip((yy - up_y) / np.maximum(teeth_h, 1), 0, 1)))[..., None]
+    # Separate teeth: faint darker gaps about every 0.09 iod, and teeth darker towards the corners
+    # where they turn away from the light.
+    gaps = 1 - 0.07 * np.exp(-(((xx - (left + right) / 2) % (0.09 * iod) - 0.045 * iod) / (0.006 * iod + 0.5)) ** 2)
+    teeth_col = teeth_col * (gaps * (0.7 + 0.3 * across))[..., None]
     col = col * (1 - band[..., None]) + teeth_col * band[..., None]
     # Lower teeth and tongue appear only in a wide opening.
     wide = float(np.clip((gap.max() / iod - 0.10) / 0.1, 0, 1))
