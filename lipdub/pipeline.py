@@ -107,7 +107,7 @@ def generate(audio: str | os.PathLike, face: str | os.PathLike, out: str | os.Pa
     renderer = create_renderer(engine_name, dev, **options)
     indices = pingpong_indices(n_out, avatar.n_frames)
     ctx = RenderContext(avatar=avatar, mouth=mouth, audio=clip, fps=float(out_fps), template_indices=indices,
-                        options=options)
+                        options=options, template=f_info)
     renderer.prepare(ctx)
     log.info("Rendering %d frames at %.3g fps with the %s engine on %s.", n_out, float(out_fps), engine_name,
              dev.describe())

@@ -13,12 +13,13 @@ __all__ = ["ENGINES", "FrameTask", "RenderContext", "RenderedCrop", "Renderer", 
 
 # name -> "module:Class"; imported on demand so optional engines cost nothing until used.
 ENGINES: dict[str, str] = {
+    "retrieval": "lipdub.render.retrieval:RetrievalRenderer",
     "warp": "lipdub.render.warp:WarpRenderer",
     "wav2lip": "lipdub.render.wav2lip.engine:Wav2LipRenderer",
 }
 
 # Order in which `--engine auto` tries engines; the first whose suits(avatar) is true wins.
-AUTO_ORDER = ["warp"]
+AUTO_ORDER = ["retrieval", "warp"]
 
 
 def engine_class(name: str) -> type[Renderer]:

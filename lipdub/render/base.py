@@ -17,6 +17,7 @@ from lipdub.audio.track import MouthTrack
 from lipdub.device import Device
 from lipdub.face.avatar import Avatar
 from lipdub.media.audio import AudioClip
+from lipdub.media.probe import MediaInfo
 
 
 @dataclass
@@ -48,6 +49,7 @@ class RenderContext:
     fps: float
     template_indices: np.ndarray  # template frame index of every output frame
     options: dict = field(default_factory=dict)
+    template: MediaInfo | None = None  # the template file, for engines that read its frames (retrieval bank)
 
     @property
     def n_frames(self) -> int:

@@ -9,16 +9,20 @@ import numpy as np
 from scipy.spatial import Delaunay
 
 from lipdub.face.landmarks import (
+    LEFT_EYE_LOWER,
+    LEFT_EYE_UPPER,
     LIPS_INNER_LOWER,
     LIPS_INNER_UPPER,
     LIPS_OUTER_LOWER,
     LIPS_OUTER_UPPER,
+    RIGHT_EYE_LOWER,
+    RIGHT_EYE_UPPER,
     eye_centres,
     inter_ocular,
     lip_gap,
 )
 from lipdub.render.base import FrameTask, RenderedCrop, Renderer
-from lipdub.render.masks import lower_face_mask, lower_face_polygon
+from lipdub.render.masks import lower_face_mask, lower_face_polygon, polygon_alpha
 
 # Lip gap at open = 1, in inter-ocular distances (a wide "ah" in real speech).
 MAX_GAP = 0.30
@@ -49,14 +53,19 @@ class WarpRenderer(Renderer):
         m = self.ctx.mouth
         i = min(out_index, len(m) - 1)
         iod = float(inter_ocular(lm))
-        le, re = eye_centres(lm)
-        ex = (re - le) / max(np.linalg.norm(re - le), 1e-6)
-        ey = np.array([-ex[1], ex[0]], np.float32)  # towards the chin
         src_gap = float(lip_gap(lm))
         open_ = float(m.open[i]) * (1.0 - float(m.closed[i]))
         dst_gap = max(0.0, open_) * MAX_GAP * iod
-        delta = dst_gap - src_gap
+        moved = self.move_points(lm, dst_gap - src_gap, float(m.width[i]), float(m.round[i]))
+        return moved, src_gap, dst_gap
 
+    @staticmethod
+    def move_points(lm: np.ndarray, delta: float, width: float, round_: float) -> np.ndarray:
+        """Landmarks with the lip gap changed by ``delta`` pixels (jaw following) and the lips spread/rounded."""
+        iod = float(inter_ocular(lm))
+        le, re = eye_centres(lm)
+        ex = (re - le) / max(np.linalg.norm(re - le), 1e-6)
+        ey = np.array([-ex[1], ex[0]], np.float32)  # towards the chin
         centre = lm[[61, 291]].mean(0)
         rel = lm - centre
         u = rel @ ex / iod
@@ -72,11 +81,11 @@ class WarpRenderer(Renderer):
         moved = lm + np.outer(w * delta, ey)
 
         # Width and rounding: the lips scale sideways about the mouth centre.
-        spread = 0.10 * float(m.width[i]) - 0.16 * float(m.round[i])
+        spread = 0.10 * width - 0.16 * round_
         lips = np.array(sorted(set(_LOWER_LIP) | set(_UPPER_LIP) | _CORNERS))
         near = 1 - _smoothstep((np.abs(u[lips]) - 0.45) / 0.3)
         moved[lips] += np.outer((rel[lips] @ ex) * spread * near, ex)
-        return moved.astype(np.float32), src_gap, dst_gap
+        return moved.astype(np.float32)
 
     def _render_one(self, task: FrameTask) -> RenderedCrop:
         lm = task.landmarks
@@ -91,38 +100,114 @@ class WarpRenderer(Renderer):
         if extra > 0.01 * iod:
             strength = float(np.clip(extra / (0.06 * iod), 0.0, 1.0))
             draw_mouth_interior(warped, moved, iod, strength)
+        if self.ctx.avatar.kind == "image":
+            # A photo has no blinks of its own; a face that never blinks looks dead. (Video templates
+            # keep their own eyes: outside the lower face their pixels stay the template's.)
+            closure = blink_closure(task.out_index, self.ctx.fps)
+            if closure > 0:
+                warped, eyes = blink(warped, lm, closure)
+                alpha = np.maximum(alpha, eyes)
         return RenderedCrop(warped, alpha)
 
 
-def warp_piecewise_affine(img: np.ndarray, src: np.ndarray, dst: np.ndarray, region: np.ndarray) -> np.ndarray:
-    """Warp ``img`` so that points ``src`` land on ``dst``, inside ``region`` (a polygon); identity outside.
+def blink_closure(frame: int, fps: float, seed: int = 7) -> float:
+    """How closed the eyes are (0..1) on output ``frame``: a ~170 ms blink every 3-6 s, at irregular times."""
+    rng = np.random.default_rng(seed)
+    t = frame / fps
+    start = 1.2  # the first blink comes early, so short clips blink too
+    duration = 0.17
+    while start <= t:
+        if t < start + duration:
+            return float(np.sin(np.pi * (t - start) / duration) ** 0.7)
+        start += rng.uniform(3.0, 6.0)
+    return 0.0
 
-    The mesh points inside the region plus the region's outline (fixed) are triangulated at their
-    destinations; each pixel is mapped back through its triangle's affine transform.
-    """
+
+def blink(img: np.ndarray, lm: np.ndarray, closure: float) -> tuple[np.ndarray, np.ndarray]:
+    """Lower both upper eyelids towards the lower ones by ``closure``; returns (image, feathered eye mask)."""
+    moved = lm.copy()
+    h, w = img.shape[:2]
+    alpha = np.zeros((h, w), np.float32)
+    iod = float(inter_ocular(lm))
+    out = img
+    for upper, lower in ((LEFT_EYE_UPPER, LEFT_EYE_LOWER), (RIGHT_EYE_UPPER, RIGHT_EYE_LOWER)):
+        up, lo = lm[upper], lm[lower]
+        # The lid closes onto a line a little above the lower lid, not exactly onto it.
+        moved[upper] = up + closure * 0.92 * (lo - up)
+        centre = np.concatenate([up, lo]).mean(0)
+        region = centre + (np.concatenate([up, lo]) - centre) * np.array([1.5, 2.6])
+        # Only the lids steer the warp: the iris and eyeball points would hold the eye open.
+        out = warp_piecewise_affine(out, lm, moved, region, [*upper, *lower])
+        alpha = np.maximum(alpha, polygon_alpha(region, (h, w), 0.08 * iod))
+    return out, alpha
+
+
+def warp_piecewise_affine(img: np.ndarray, src: np.ndarray, dst: np.ndarray, region: np.ndarray,
+                          points: list[int] | None = None) -> np.ndarray:
+    """Warp ``img`` so that points ``src`` land on ``dst``, inside ``region`` (a polygon); identity outside."""
     h, w = img.shape[:2]
     poly = cv2.convexHull(region.astype(np.float32)).reshape(-1, 2)
-    keep = _inside(poly, src)
-    # Fixed anchors: the outline, densified, so nothing outside the region moves.
-    anchors = _densify(poly, step=max(4.0, min(h, w) / 40))
-    s = np.concatenate([src[keep], anchors]).astype(np.float64)
-    d = np.concatenate([dst[keep], anchors]).astype(np.float64)
-    x0, y0 = np.floor(np.maximum(anchors.min(0), 0)).astype(int)
-    x1, y1 = np.ceil(np.minimum(anchors.max(0), [w - 1, h - 1])).astype(int)
-    if x1 <= x0 or y1 <= y0 or len(s) < 3:
+    x0, y0 = np.floor(np.maximum(poly.min(0), 0)).astype(int)
+    x1, y1 = np.ceil(np.minimum(poly.max(0), [w - 1, h - 1])).astype(int) + 1
+    if x1 - x0 < 2 or y1 - y0 < 2:
         return img.copy()
+    maps = piecewise_affine_maps(src, dst, region, (x0, y0, x1, y1), points)
+    if maps is None:
+        return img.copy()
+    out = img.copy()
+    out[y0:y1, x0:x1] = cv2.remap(img, maps[0], maps[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out
+
+
+def piecewise_affine_maps(src: np.ndarray, dst: np.ndarray, region: np.ndarray, box: tuple[int, int, int, int],
+                          points: list[int] | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """cv2.remap maps over ``box`` (x0, y0, x1, y1) that pull each pixel from where ``src`` points sit
+    to where ``dst`` points are; identity on ``region``'s outline (a polygon) and outside it.
+
+    The mesh points inside the region (or ``points``) plus the region's outline (fixed) are
+    triangulated at their destinations; each pixel is mapped back through its triangle's affine
+    transform. The map is computed every _GRID pixels and interpolated: it is piecewise smooth.
+    """
+    x0, y0, x1, y1 = box
+    poly = cv2.convexHull(region.astype(np.float32)).reshape(-1, 2)
+    idx = np.arange(len(src)) if points is None else np.unique(np.asarray(points))
+    keep = np.array([cv2.pointPolygonTest(poly, (float(x), float(y)), False) > 0 for x, y in dst[idx]], bool)
+    # Fixed anchors: the outline, densified, so nothing outside the region moves.
+    span = float(np.ptp(poly, axis=0).max())
+    anchors = _densify(poly, step=max(4.0, span / 30))
+    s = np.concatenate([src[idx[keep]], anchors]).astype(np.float64)
+    d = np.concatenate([dst[idx[keep]], anchors]).astype(np.float64)
+    if len(s) < 3:
+        return None
     tri = Delaunay(d)
     gx = np.arange(x0, x1 + _GRID, _GRID, dtype=np.float64)
     gy = np.arange(y0, y1 + _GRID, _GRID, dtype=np.float64)
     px, py = np.meshgrid(gx, gy)
     pts = np.stack([px.ravel(), py.ravel()], 1)
-    simplex = tri.find_simplex(pts)
+    # Which triangle each grid point lies in, by rasterising the triangles (Delaunay.find_simplex is
+    # ~100x slower). A point on a shared edge may land in either: both affine maps agree there.
+    label = np.zeros(px.shape, np.int32)
+    corners = np.round((d[tri.simplices] - [x0, y0]) / _GRID * 16).astype(np.int32)
+    for k, tri_pts in enumerate(corners):
+        cv2.fillConvexPoly(label, tri_pts, k + 1, lineType=cv2.LINE_8, shift=4)
+    simplex = label.ravel() - 1
     ok = simplex >= 0
+    # Barycentric transforms computed here: scipy's Delaunay.transform is very slow on first use.
+    v = d[tri.simplices]  # (m, 3, 2)
+    edges = np.stack([v[:, 0] - v[:, 2], v[:, 1] - v[:, 2]], axis=-1)  # columns: v0-v2, v1-v2
+    det = edges[:, 0, 0] * edges[:, 1, 1] - edges[:, 0, 1] * edges[:, 1, 0]
+    det = np.where(np.abs(det) < 1e-12, 1e-12, det)
+    inv = np.stack([np.stack([edges[:, 1, 1], -edges[:, 0, 1]], -1),
+                    np.stack([-edges[:, 1, 0], edges[:, 0, 0]], -1)], 1) / det[:, None, None]
+    sk = simplex[ok]
+    b2 = np.einsum("nij,nj->ni", inv[sk], pts[ok] - v[sk, 2])
+    bary = np.concatenate([b2, 1 - b2.sum(1, keepdims=True)], 1)
+    verts = tri.simplices[simplex[ok]]
     mapped = pts.copy()
-    mapped[ok] = _barycentric_map(d, s, tri.simplices, simplex[ok], pts[ok])
+    mapped[ok] = np.einsum("ni,nij->nj", bary, s[verts])
     map_x = mapped[:, 0].reshape(px.shape).astype(np.float32)
     map_y = mapped[:, 1].reshape(px.shape).astype(np.float32)
-    bw, bh = x1 - x0 + 1, y1 - y0 + 1
+    bw, bh = x1 - x0, y1 - y0
     # Interpolate the coarse map to every pixel (its grid starts at x0, y0 with step _GRID).
     full_x = cv2.resize(map_x, (len(gx) * _GRID, len(gy) * _GRID), interpolation=cv2.INTER_LINEAR)
     full_y = cv2.resize(map_y, (len(gx) * _GRID, len(gy) * _GRID), interpolation=cv2.INTER_LINEAR)
@@ -130,35 +215,7 @@ def warp_piecewise_affine(img: np.ndarray, src: np.ndarray, dst: np.ndarray, reg
     M = np.float32([[1, 0, off], [0, 1, off]])
     full_x = cv2.warpAffine(full_x, M, (bw, bh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     full_y = cv2.warpAffine(full_y, M, (bw, bh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    out = img.copy()
-    out[y0 : y1 + 1, x0 : x1 + 1] = cv2.remap(img, full_x, full_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return out
-
-
-def _inside(poly: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """Which points lie strictly inside a convex polygon (vectorised half-plane test)."""
-    edges = np.roll(poly, -1, 0) - poly
-    rel = pts[:, None, :] - poly[None, :, :]
-    cross = edges[None, :, 0] * rel[..., 1] - edges[None, :, 1] * rel[..., 0]
-    return (cross > 0).all(1) | (cross < 0).all(1)
-
-
-def _barycentric_map(dst: np.ndarray, src: np.ndarray, simplices: np.ndarray, which: np.ndarray,
-                     pts: np.ndarray) -> np.ndarray:
-    """Map ``pts`` (inside triangles ``which`` of the destination mesh) to the source mesh.
-
-    Closed-form 2x2 inverses instead of scipy's Delaunay.transform, whose lazy LAPACK set-up
-    costs up to hundreds of milliseconds on a loaded machine.
-    """
-    tri = simplices[which]
-    a, b, c = dst[tri[:, 0]], dst[tri[:, 1]], dst[tri[:, 2]]
-    v0, v1, v2 = b - a, c - a, pts - a
-    det = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
-    det = np.where(np.abs(det) < 1e-9, 1e-9, det)
-    wb = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / det
-    wc = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / det
-    wa = 1.0 - wb - wc
-    return wa[:, None] * src[tri[:, 0]] + wb[:, None] * src[tri[:, 1]] + wc[:, None] * src[tri[:, 2]]
+    return full_x, full_y
 
 
 def _densify(poly: np.ndarray, step: float) -> np.ndarray:
@@ -208,8 +265,12 @@ def draw_mouth_interior(img: np.ndarray, lm: np.ndarray, iod: float, strength: f
     across = _smoothstep((0.5 - np.abs(mid - 0.5)) / 0.3)
     teeth_h = np.minimum(0.35 * gap, 0.07 * iod)
     band = (1 - _smoothstep((yy - up_y - teeth_h) / np.maximum(0.25 * teeth_h, 1.0))) * across
-    teeth = np.array([150, 168, 184], np.float32) * min(light, 1.1)  # warm, never paper-white
+    teeth = np.array([170, 190, 208], np.float32) * min(light, 1.1)  # ivory, never paper-white
     teeth_col = teeth * (0.82 + 0.18 * (1 - np.clip((yy - up_y) / np.maximum(teeth_h, 1), 0, 1)))[..., None]
+    # Separate teeth: faint darker gaps about every 0.09 iod, and teeth darker towards the corners
+    # where they turn away from the light.
+    gaps = 1 - 0.07 * np.exp(-(((xx - (left + right) / 2) % (0.09 * iod) - 0.045 * iod) / (0.006 * iod + 0.5)) ** 2)
+    teeth_col = teeth_col * (gaps * (0.7 + 0.3 * across))[..., None]
     col = col * (1 - band[..., None]) + teeth_col * band[..., None]
     # Lower teeth and tongue appear only in a wide opening.
     wide = float(np.clip((gap.max() / iod - 0.10) / 0.1, 0, 1))

@@ -1,0 +1,165 @@
+"""Retrieval engine: for each output frame, the template's own mouth from the frame that matches best.
+
+prepare() indexes every template frame's lower face into a cached :mod:`mouth bank
+<lipdub.render.bank>`, maps the speech track onto the template's own range of shapes and picks one
+source frame per output frame by dynamic programming (:mod:`lipdub.render.select`). render()
+aligns the chosen lower face to the frame it is pasted on (similarity from stable points, then a
+piecewise-affine correction of the mask outline), matches its colour and blends it with a feathered
+mask that follows the jaw and lips. Where the bank lacks an opening as wide as asked, the nearest is
+warped further open by the warp engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import cv2
+import numpy as np
+
+from lipdub.face.avatar import Avatar
+from lipdub.face.landmarks import (
+    JAW,
+    LIPS_INNER_LOWER,
+    LIPS_INNER_UPPER,
+    LIPS_OUTER_LOWER,
+    LIPS_OUTER_UPPER,
+    inter_ocular,
+    lip_gap,
+)
+from lipdub.render.bank import STABLE, MouthBank, mouth_bank, pose_descriptor
+from lipdub.render.base import FrameTask, RenderContext, RenderedCrop, Renderer
+from lipdub.render.blend import composite_alpha, match_colour
+from lipdub.render.masks import lower_face_polygon
+from lipdub.render.select import Costs, Targets, map_targets, unary_costs, viterbi
+from lipdub.render.warp import WarpRenderer, draw_mouth_interior, piecewise_affine_maps, warp_piecewise_affine
+
+log = logging.getLogger(__name__)
+
+# auto picks retrieval when the template's lip gap varies at least this much (x inter-ocular distance).
+MIN_GAP_RANGE = 0.06
+MIN_FRAMES = 25
+# Wider than the chosen source by more than this (x iod): warp it further open.
+EXTRAPOLATE = 0.02
+# Points whose target position is the template frame's (the mask outline), not the source's.
+_OUTLINE = [205, 425, 98, 2, 327, 93, 132, 323, 361, 58, 288, 50, 280, 187, 411, 147, 376]
+# Points that carry the source's mouth shape through the outline correction: lips and lower jaw.
+_SHAPE = sorted(set(LIPS_INNER_LOWER + LIPS_INNER_UPPER + LIPS_OUTER_LOWER + LIPS_OUTER_UPPER + JAW[3:16]))
+
+
+def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (Umeyama) mapping ``src`` points onto ``dst``, as a 2x3 matrix."""
+    ms, md = src.mean(0), dst.mean(0)
+    s, d = src - ms, dst - md
+    cov = d.T @ s / len(src)
+    u, sv, vt = np.linalg.svd(cov)
+    e = np.diag([1.0, np.sign(np.linalg.det(u @ vt))])
+    r = u @ e @ vt
+    scale = float((sv * np.diag(e)).sum() / max((s ** 2).sum() / len(src), 1e-12))
+    m = np.zeros((2, 3))
+    m[:, :2] = scale * r
+    m[:, 2] = md - m[:, :2] @ ms
+    return m
+
+
+def apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return (pts @ m[:, :2].T + m[:, 2]).astype(np.float32)
+
+
+class RetrievalRenderer(Renderer):
+    """The speaker's own mouth, retrieved from the template, aligned and blended at full resolution."""
+
+    name = "retrieval"
+
+    @classmethod
+    def suits(cls, avatar: Avatar) -> bool:
+        if avatar.kind != "video" or int(avatar.found.sum()) < MIN_FRAMES:
+            return False
+        lm = avatar.landmarks[avatar.found]
+        gaps = lip_gap(lm) / np.maximum(inter_ocular(lm), 1e-6)
+        return float(np.quantile(gaps, 0.95) - np.quantile(gaps, 0.05)) >= MIN_GAP_RANGE
+
+    def prepare(self, ctx: RenderContext) -> None:
+        super().prepare(ctx)
+        self.warp = WarpRenderer(self.device, **self.options)
+        self.warp.prepare(ctx)
+        self.bank: MouthBank | None = None
+        if ctx.avatar.kind != "video" or ctx.template is None or int(ctx.avatar.found.sum()) < 2:
+            log.warning("The retrieval engine needs a template video; using the warp engine's mouth instead.")
+            return
+        started = time.monotonic()
+        self.bank = mouth_bank(ctx.avatar, ctx.template)
+        self.path, self.targets = self.plan(ctx, self.bank)
+        log.info("Retrieval plan for %d frames in %.2f s (%d distinct source frames).", ctx.n_frames,
+                 time.monotonic() - started, len(np.unique(self.path)))
+
+    @staticmethod
+    def plan(ctx: RenderContext, bank: MouthBank, costs: Costs | None = None) -> tuple[np.ndarray, Targets]:
+        """Bank entry for every output frame, and the targets it was chosen for."""
+        c = costs or Costs()
+        targets = map_targets(ctx.mouth, bank.gap, bank.width)
+        av = ctx.avatar
+        base = np.minimum(ctx.template_indices, av.n_frames - 1)
+        ref_iod = float(np.median(inter_ocular(av.landmarks[av.found])))
+        poses = {int(i): pose_descriptor(av.landmarks[i], ref_iod) for i in np.unique(base) if av.found[i]}
+        base_pose = np.stack([poses.get(int(i), np.zeros(4, np.float32)) for i in base])
+        unary = unary_costs(targets, bank, base, base_pose, c)
+        return viterbi(unary, bank, targets.speech, c), targets
+
+    def render(self, tasks: list[FrameTask]) -> list[RenderedCrop]:
+        if self.bank is None:
+            return self.warp.render(tasks)
+        return [self._render_one(t) for t in tasks]
+
+    def _render_one(self, task: FrameTask) -> RenderedCrop:
+        lm_t = task.landmarks
+        if lm_t is None:
+            return RenderedCrop(task.crop, None)
+        bank = self.bank
+        assert bank is not None
+        i = min(task.out_index, len(self.path) - 1)
+        j = int(self.path[i])
+        iod = float(inter_ocular(lm_t))
+        want = float(self.targets.gap[i]) * iod
+        extra = want - float(bank.gap[j]) * iod
+        if int(bank.frames[j]) == task.template_index and extra <= EXTRAPOLATE * iod:
+            return RenderedCrop(task.crop, None)  # the frame's own mouth already matches: leave it untouched
+        src = np.asarray(bank.images[j])
+        lm_s = bank.landmarks(self.ctx.avatar, j)
+        m = similarity(lm_s[STABLE].astype(np.float64), lm_t[STABLE].astype(np.float64))
+        lm_a = apply(m, lm_s)  # the source face in crop coordinates
+        h, w = task.crop.shape[:2]
+        alpha = composite_alpha(lm_t, lm_a, (h, w))
+        ys, xs = np.nonzero(alpha > 0)
+        if len(ys) == 0:
+            return RenderedCrop(task.crop, None)
+        x0, x1, y0, y1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
+        # The mask outline (cheeks, nose base, upper jaw) goes where the template frame has it; the
+        # lips and chin stay as the source has them: its mouth shape is the point.
+        dst = lm_a.copy()
+        dst[_OUTLINE] = lm_t[_OUTLINE]
+        maps = piecewise_affine_maps(lm_a, dst, lower_face_polygon(lm_t, chin_margin=0.45),
+                                             (x0, y0, x1, y1), _OUTLINE + _SHAPE)
+        if maps is None:
+            maps = tuple(np.meshgrid(np.arange(x0, x1, dtype=np.float32), np.arange(y0, y1, dtype=np.float32)))
+        map_x, map_y = maps
+        inv = cv2.invertAffineTransform(m)
+        sx = inv[0, 0] * map_x + inv[0, 1] * map_y + inv[0, 2]
+        sy = inv[1, 0] * map_x + inv[1, 1] * map_y + inv[1, 2]
+        patch = cv2.remap(src, sx.astype(np.float32), sy.astype(np.float32), cv2.INTER_CUBIC,
+                          borderMode=cv2.BORDER_REPLICATE)
+        out = task.crop.copy()
+        region = (slice(y0, y1), slice(x0, x1))
+        out[region] = match_colour(patch, task.crop[region], alpha[region], lm_t - [x0, y0])
+        if extra > EXTRAPOLATE * iod:
+            out = self._open_further(out, dst, extra, iod, alpha)
+        return RenderedCrop(out, alpha)
+
+    def _open_further(self, img: np.ndarray, lm: np.ndarray, extra: float, iod: float,
+                      alpha: np.ndarray) -> np.ndarray:
+        """The bank has no mouth this wide: warp the chosen one open by ``extra`` pixels."""
+        moved = self.warp.move_points(lm, extra, 0.0, 0.0)
+        warped = warp_piecewise_affine(img, lm, moved, lower_face_polygon(lm, chin_margin=0.35))
+        strength = float(np.clip(extra / (0.06 * iod), 0.0, 1.0))
+        draw_mouth_interior(warped, moved, iod, strength)
+        return warped

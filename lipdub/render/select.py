@@ -1,0 +1,112 @@
+"""Choosing a source frame for every output frame: target mapping, costs, and a Viterbi path.
+
+Pure numpy, milliseconds for minutes of video: each output frame keeps its ``K`` best candidates by
+match cost, and the dynamic programme runs over those (K x K per step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import rankdata
+
+from lipdub.audio.track import MouthTrack
+
+
+@dataclass
+class Targets:
+    """What each output frame's mouth should look like, in this template's own units."""
+
+    gap: np.ndarray  # (T,) inner-lip gap / inter-ocular distance
+    width: np.ndarray  # (T,) corner distance / inter-ocular distance
+    speech: np.ndarray  # (T,) bool
+    rest: float  # the template's resting gap
+
+
+@dataclass
+class Costs:
+    """Weights of the retrieval cost (unary terms are squared, in units of the given tolerances)."""
+
+    gap_tol: float = 0.022  # iod: a gap error this large costs 1
+    width_tol: float = 0.06
+    width_weight: float = 0.25
+    base_pose_weight: float = 4.0  # source head pose unlike the frame it is pasted on: alignment strain
+    same_frame_bonus: float = 0.6  # the template frame's own mouth needs no compositing at all
+    unary_cap: float = 30.0
+    hold: float = 0.5  # repeating a source frame in speech (in silence: hold_silent)
+    hold_silent: float = 0.05
+    near: float = 0.5  # skipping or stepping back a frame or two
+    jump: float = 1.6  # any other jump, plus pose, light and teeth differences below
+    pose_weight: float = 6.0
+    light_weight: float = 0.08  # per Lab unit
+    teeth_weight: float = 1.2
+
+
+def map_targets(track: MouthTrack, bank_gap: np.ndarray, bank_width: np.ndarray) -> Targets:
+    """Map the speaker-independent track onto this template's own range of mouth shapes.
+
+    Opening: a mix of the frame's rank among the job's speaking frames and its absolute value picks
+    a quantile of the bank's gaps (so the output's openings span what this person really does);
+    silence and closures give the template's resting mouth.
+    """
+    o = np.clip(track.open.astype(np.float64), 0, 1) * (1 - np.clip(track.closed.astype(np.float64), 0, 1))
+    g = np.sort(bank_gap.astype(np.float64))
+    rest = float(np.quantile(g, 0.05))
+    speaking = o > 0.02
+    q = np.zeros(len(o))
+    if speaking.any():
+        ranks = rankdata(o[speaking]) / (speaking.sum() + 1)
+        top = max(float(np.quantile(o[speaking], 0.98)), 0.15)
+        q[speaking] = 0.5 * ranks + 0.5 * np.clip(o[speaking] / top, 0, 1)
+    lo_q, hi_q = 0.12, 0.985
+    gap = np.where(speaking, np.quantile(g, lo_q + (hi_q - lo_q) * q), rest)
+    gap = np.where(track.closed > 0.5, float(g[0]), gap)
+    w = bank_width.astype(np.float64)
+    w50, w05, w95 = (float(np.quantile(w, p)) for p in (0.5, 0.05, 0.95))
+    spread = np.clip(track.width, -1, 1) - np.clip(track.round, 0, 1)
+    width = np.where(spread >= 0, w50 + spread * (w95 - w50), w50 + spread * (w50 - w05))
+    return Targets(gap.astype(np.float32), width.astype(np.float32), track.speech.astype(bool), rest)
+
+
+def unary_costs(t: Targets, bank, base_frames: np.ndarray, base_pose: np.ndarray, c: Costs) -> np.ndarray:
+    """(T, S) match cost of every bank entry for every output frame."""
+    u = ((bank.gap[None, :] - t.gap[:, None]) / c.gap_tol) ** 2
+    u += c.width_weight * ((bank.width[None, :] - t.width[:, None]) / c.width_tol) ** 2
+    dp = bank.pose[None, :, :3] - base_pose[:, None, :3]
+    u += c.base_pose_weight * np.sqrt((dp ** 2).sum(-1) + 1e-12)
+    u = np.minimum(u, c.unary_cap)
+    u -= c.same_frame_bonus * (bank.frames[None, :] == base_frames[:, None])
+    return u.astype(np.float32)
+
+
+def transition_costs(bank, prev: np.ndarray, cur: np.ndarray, silent: bool, c: Costs) -> np.ndarray:
+    """(len(prev), len(cur)) cost of going from bank entry ``prev[a]`` to ``cur[b]``."""
+    d = bank.frames[cur][None, :] - bank.frames[prev][:, None]
+    pose = np.sqrt(((bank.pose[cur][None, :, :3] - bank.pose[prev][:, None, :3]) ** 2).sum(-1))
+    light = np.abs(bank.light[cur][None, :] - bank.light[prev][:, None]).sum(-1)
+    teeth = np.abs(bank.teeth[cur][None, :] - bank.teeth[prev][:, None])
+    far = c.jump + c.pose_weight * pose + c.light_weight * light + c.teeth_weight * teeth
+    cost = np.where((d == -1) | (d == 2) | (d == 3), c.near, far)
+    cost = np.where(d == 0, c.hold_silent if silent else c.hold, cost)
+    return np.where(d == 1, 0.0, cost).astype(np.float32)
+
+
+def viterbi(unary: np.ndarray, bank, speech: np.ndarray, c: Costs, k: int = 40) -> np.ndarray:
+    """The bank entry for every output frame minimising match cost plus transition cost."""
+    n_t, n_s = unary.shape
+    k = min(k, n_s)
+    cand = np.argpartition(unary, k - 1, axis=1)[:, :k] if k < n_s else np.tile(np.arange(n_s), (n_t, 1))
+    score = unary[0, cand[0]].astype(np.float64)
+    back = np.zeros((n_t, k), np.int32)
+    for t in range(1, n_t):
+        trans = transition_costs(bank, cand[t - 1], cand[t], not bool(speech[t]), c)
+        total = score[:, None] + trans
+        back[t] = np.argmin(total, 0)
+        score = total[back[t], np.arange(k)] + unary[t, cand[t]]
+    path = np.zeros(n_t, np.int64)
+    a = int(np.argmin(score))
+    for t in range(n_t - 1, -1, -1):
+        path[t] = cand[t, a]
+        a = int(back[t, a])
+    return path

@@ -1,0 +1,177 @@
+"""Retrieval engine: source choice (Viterbi), silence, engine auto-choice, bank cache, pixels outside the mask."""
+
+from __future__ import annotations
+
+import logging
+from fractions import Fraction
+from types import SimpleNamespace
+
+import av
+import numpy as np
+import pytest
+from conftest import media
+
+from lipdub.audio.track import MouthTrack
+from lipdub.device import select_device
+from lipdub.face.analyse import analyse_template
+from lipdub.face.landmarks import inter_ocular
+from lipdub.media.audio import AudioClip
+from lipdub.media.decode import TemplateFrames, pingpong_indices
+from lipdub.media.probe import probe
+from lipdub.pipeline import _render_chunk
+from lipdub.render import RenderContext, engine_for
+from lipdub.render import bank as bank_mod
+from lipdub.render.masks import lower_face_polygon, polygon_alpha
+from lipdub.render.retrieval import RetrievalRenderer
+from lipdub.render.select import Costs, map_targets, unary_costs, viterbi
+
+N_TEMPLATE = 50
+
+
+def fake_bank(gap: np.ndarray) -> SimpleNamespace:
+    n = len(gap)
+    return SimpleNamespace(frames=np.arange(n), gap=gap.astype(np.float32), width=np.full(n, 0.8, np.float32),
+                           pose=np.zeros((n, 4), np.float32), light=np.zeros((n, 3), np.float32),
+                           teeth=np.zeros(n, np.float32))
+
+
+def test_viterbi_matches_targets_and_prefers_neighbouring_frames() -> None:
+    rng = np.random.default_rng(0)
+    gap = np.clip(0.08 + 0.07 * np.sin(np.arange(200) / 4.0) + rng.normal(0, 0.005, 200), 0, None)
+    bank = fake_bank(gap)
+    t = 120
+    target_gap = np.clip(0.08 + 0.07 * np.sin(np.arange(t) / 5.0 + 1.0), 0, None).astype(np.float32)
+    targets = SimpleNamespace(gap=target_gap, width=np.full(t, 0.8, np.float32), speech=np.ones(t, bool))
+    c = Costs(base_pose_weight=0.0, same_frame_bonus=0.0)
+    unary = unary_costs(targets, bank, np.full(t, -1), np.zeros((t, 4), np.float32), c)
+    path = viterbi(unary, bank, targets.speech, c)
+    err = np.abs(gap[path] - target_gap)
+    assert np.median(err) < 0.015
+    steps = np.diff(path)
+    # Mostly played forwards (or held); far jumps are the exception, not every frame.
+    assert np.mean((steps >= -1) & (steps <= 3)) > 0.6
+    greedy = np.argmin(unary, 1)
+    assert np.mean(np.abs(np.diff(path)) > 3) < np.mean(np.abs(np.diff(greedy)) > 3)
+
+
+def test_silence_maps_to_the_resting_mouth() -> None:
+    gap = np.linspace(0.0, 0.2, 100)
+    n = 50
+    o = np.zeros(n, np.float32)
+    o[10:30] = np.linspace(0.2, 0.9, 20)
+    z = np.zeros(n, np.float32)
+    track = MouthTrack(25.0, o, z, z.copy(), z.copy(), o > 0)
+    targets = map_targets(track, gap, np.full(100, 0.8))
+    assert np.all(targets.gap[:10] == targets.rest) and np.all(targets.gap[30:] == targets.rest)
+    assert targets.rest <= np.quantile(gap, 0.06)
+    assert np.all(np.diff(targets.gap[10:30]) >= 0)  # monotone in the track's opening
+    assert targets.gap[29] > np.quantile(gap, 0.9)
+
+
+@pytest.fixture(scope="module")
+def short_template(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """The first ``N_TEMPLATE`` frames of a real talking video, analysed."""
+    src = media("katie_talk_512.mp4")
+    path = tmp_path_factory.mktemp("tpl") / "katie_short.mp4"
+    with av.open(str(src)) as inp, av.open(str(path), "w") as out:
+        st = out.add_stream("libx264", rate=25)
+        st.width, st.height, st.pix_fmt = 512, 512, "yuv420p"
+        st.options = {"crf": "10"}
+        for k, frame in enumerate(inp.decode(video=0)):
+            if k >= N_TEMPLATE:
+                break
+            for p in st.encode(av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")):
+                out.mux(p)
+        for p in st.encode(None):
+            out.mux(p)
+    info = probe(path)
+    avatar = analyse_template(info, Fraction(25), tmp_path_factory.mktemp("cache"))
+    return info, avatar
+
+
+def _context(info, avatar, n_out: int, open_: np.ndarray) -> RenderContext:
+    z = np.zeros(n_out, np.float32)
+    track = MouthTrack(25.0, open_.astype(np.float32), z, z.copy(), z.copy(), open_ > 0.02)
+    return RenderContext(avatar=avatar, mouth=track, audio=AudioClip(np.zeros(16000, np.float32)), fps=25.0,
+                         template_indices=pingpong_indices(n_out, avatar.n_frames), template=info)
+
+
+def test_auto_picks_retrieval_for_talking_video_and_warp_for_photo(short_template: tuple,
+                                                                   tmp_path_factory: pytest.TempPathFactory) -> None:
+    _, avatar = short_template
+    assert engine_for("auto", avatar) == "retrieval"
+    photo = analyse_template(probe(media("portrait_474.png")), Fraction(25), tmp_path_factory.mktemp("cache"))
+    assert not RetrievalRenderer.suits(photo)
+    assert engine_for("auto", photo) == "warp"
+    still = SimpleNamespace(**{**avatar.__dict__})
+    still.landmarks = np.repeat(avatar.landmarks[:1], avatar.n_frames, 0)  # a video whose mouth never moves
+    still.found = avatar.found
+    assert not RetrievalRenderer.suits(still)  # type: ignore[arg-type]
+
+
+def test_bank_is_cached_with_the_avatar(short_template: tuple, monkeypatch: pytest.MonkeyPatch,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    info, avatar = short_template
+    first = bank_mod.mouth_bank(avatar, info)
+    assert len(first) == int(avatar.found.sum())
+    assert first.images.shape[1] > 0.5 * float(np.median(inter_ocular(avatar.landmarks[avatar.found])))
+
+    def fail(*_: object) -> None:
+        raise AssertionError("the bank was rebuilt")
+
+    monkeypatch.setattr(bank_mod, "build_bank", fail)
+    second = bank_mod.mouth_bank(avatar, info)
+    assert isinstance(second.images, np.memmap)  # on disk: memory stays flat for long templates
+    np.testing.assert_array_equal(first.gap, second.gap)
+    np.testing.assert_array_equal(np.asarray(first.images[3]), np.asarray(second.images[3]))
+
+
+def test_pixels_outside_the_lower_face_equal_the_template(short_template: tuple) -> None:
+    info, avatar = short_template
+    n_out = 48
+    open_ = np.clip(0.5 + 0.5 * np.sin(np.arange(n_out) / 2.5), 0, 1) * (np.arange(n_out) % 24 < 18)
+    ctx = _context(info, avatar, n_out, open_)
+    renderer = RetrievalRenderer(select_device("cpu"))
+    renderer.prepare(ctx)
+    frames = list(TemplateFrames(info, Fraction(25), avatar.n_frames).frames_for(ctx.template_indices))
+    changed = 0
+    worst = np.inf
+    for start in range(0, n_out, 16):
+        chunk = frames[start : start + 16]
+        out, missing = _render_chunk(chunk, start, ctx.template_indices, avatar, renderer)
+        assert missing == 0
+        for k, (before, after) in enumerate(zip(chunk, out)):
+            lm = avatar.landmarks[ctx.template_indices[start + k]]
+            h, w = avatar.height, avatar.width
+            # The lower-face region with room for a lowered chin and the feathered edge.
+            inside = polygon_alpha(lower_face_polygon(lm, chin_margin=0.5), (h, w), 0) > 0
+            inside = np.pad(inside, ((0, h // 2), (0, 0)))  # I420: chroma rows follow the luma rows
+            inside[h:] = True  # chroma planes: compared via luma only (checked below on Y)
+            diff = (after.astype(np.float64) - before.astype(np.float64))[~inside]
+            mse = float(np.mean(diff ** 2))
+            worst = min(worst, 10 * np.log10(255 ** 2 / mse) if mse > 0 else np.inf)
+            changed += int(np.any(after[:h] != before[:h]))
+    assert worst >= 45.0
+    assert changed > n_out // 3  # and it did change the mouth on many frames
+
+
+def test_retrieval_choices_follow_the_track(short_template: tuple) -> None:
+    info, avatar = short_template
+    n_out = 60
+    open_ = np.zeros(n_out)
+    open_[20:40] = 0.8
+    ctx = _context(info, avatar, n_out, open_)
+    renderer = RetrievalRenderer(select_device("cpu"))
+    renderer.prepare(ctx)
+    gaps = renderer.bank.gap[renderer.path]  # type: ignore[union-attr]
+    assert gaps[25:35].mean() > gaps[:15].mean() + 0.03
+    # Silence: the resting mouth, held still rather than quivering.
+    assert np.std(gaps[:15]) < 0.02 and np.std(gaps[45:]) < 0.02
+
+
+def test_logs_plan(short_template: tuple, caplog: pytest.LogCaptureFixture) -> None:
+    info, avatar = short_template
+    ctx = _context(info, avatar, 20, np.full(20, 0.4))
+    with caplog.at_level(logging.INFO, logger="lipdub.render.retrieval"):
+        RetrievalRenderer(select_device("cpu")).prepare(ctx)
+    assert any("Retrieval plan" in r.getMessage() for r in caplog.records)
