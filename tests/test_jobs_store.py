@@ -10,7 +10,17 @@ import pytest
 
 from lipdub.jobs.service import Settings, Studio
 from lipdub.jobs.storage import LocalStorage, UploadTooLarge
-from lipdub.jobs.store import CANCELLED, DONE, FAILED, MAX_ATTEMPTS, QUEUED, RUNNING, JobStore, sqlite_url, utcnow
+from lipdub.jobs.store import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    MAX_ATTEMPTS,
+    QUEUED,
+    RUNNING,
+    JobStore,
+    sqlite_url,
+    utcnow,
+)
 
 
 @pytest.fixture()
