@@ -7,6 +7,7 @@ import threading
 from datetime import timedelta
 
 import pytest
+from studio_support import need_media
 
 from lipdub.jobs.service import Settings, Studio
 from lipdub.jobs.storage import LocalStorage, UploadTooLarge
@@ -132,11 +133,12 @@ def test_storage_hashes_content(tmp_path):
         st.job_dir("../etc")
 
 
-def test_uploads_are_kept_while_a_job_uses_them_and_retention(tmp_path, shared_media):
+def test_uploads_are_kept_while_a_job_uses_them_and_retention(tmp_path):
+    audio, photo = need_media("en_radio_8s.wav", "portrait_474.png")
     studio = Studio(Settings(data_dir=tmp_path, retention_days=1))
     try:
-        a = studio.add_upload_path(shared_media / "en_radio_8s.wav", "audio")
-        f = studio.add_upload_path(shared_media / "portrait_474.png", "face")
+        a = studio.add_upload_path(audio, "audio")
+        f = studio.add_upload_path(photo, "face")
         j1 = studio.submit(a, f)
         j2 = studio.submit(a, f)
         assert studio.store.get(j1.id).audio_key == a.key

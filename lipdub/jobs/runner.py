@@ -240,8 +240,9 @@ class LocalDispatcher:
                     stopping = True
                     _terminate(proc, grace=2.0)
                     break
-                if not cancelled and self.store.is_cancel_requested(job_id):
-                    cancelled = True
+                now = self.store.get(job_id)
+                if not cancelled and (now is None or now.cancel_requested):
+                    cancelled = True  # cancelled, or deleted while running
                     log.info("Cancelling job %s.", job_id)
                     _terminate(proc, grace=TERMINATE_GRACE_S)
         finally:
@@ -249,8 +250,11 @@ class LocalDispatcher:
                 self._procs.pop(job_id, None)
         code = proc.wait()
         job = self.store.get(job_id)
-        if job is None or job.status != RUNNING or job.run_token != token:
-            log.info("Job %s: %s.", job_id, job.status if job else "deleted")
+        if job is None:
+            self.storage.delete_job(job_id)  # deleted while it ran: drop what the child left behind
+            return
+        if job.status != RUNNING or job.run_token != token:
+            log.info("Job %s: %s.", job_id, job.status)
             return  # the child recorded the outcome (or the job was deleted meanwhile)
         if stopping:
             self.store.requeue(job_id, token, "re-queued: the server was shut down")

@@ -133,6 +133,8 @@ class Studio:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
+        for stale in (self.storage.root / "tmp").iterdir():  # half-written uploads and zips of a crash
+            stale.unlink(missing_ok=True)
         self.dispatcher.start()
         self.apply_retention()
         if self.settings.retention_days > 0:
@@ -151,7 +153,10 @@ class Studio:
                 log.exception("Retention pass failed")
 
     def apply_retention(self) -> list[str]:
-        """Delete finished jobs (files and rows) older than ``retention_days``; 0 keeps everything."""
+        """Delete finished jobs (files and rows) older than ``retention_days``; 0 keeps everything.
+        Also drops uploads no job refers to (a request refused half-way) after an hour."""
+        for key in self.store.unreferenced_uploads(older_than=utcnow() - timedelta(hours=1)):
+            self._discard(key)
         days = self.settings.retention_days
         if days <= 0:
             return []

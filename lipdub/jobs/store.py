@@ -220,10 +220,13 @@ class JobStore:
                          .where(or_(JobRow.audio_key == key, JobRow.face_key == key)))
             return bool(n)
 
-    def unreferenced_uploads(self) -> list[str]:
+    def unreferenced_uploads(self, older_than: datetime | None = None) -> list[str]:
         with self.session() as s:
             used = select(JobRow.audio_key).union(select(JobRow.face_key))
-            return list(s.scalars(select(UploadRow.key).where(UploadRow.key.not_in(used))))
+            q = select(UploadRow.key).where(UploadRow.key.not_in(used))
+            if older_than is not None:
+                q = q.where(UploadRow.created_at < older_than)
+            return list(s.scalars(q))
 
     def remove_upload(self, key: str) -> bool:
         """Drop the upload row unless a job uses it; True when it was dropped."""

@@ -199,6 +199,8 @@ def create_batch(audio: UploadFile | None = File(None), faces: list[UploadFile] 
                               "audio" if not audio_files else "faces")
     if len(audio_files) > 1 and len(face_files) > 1:
         raise ValidationError("A batch is one audio with many faces, or many audios with one face.", "faces")
+    # Inputs stored before a later one is refused are dropped by the hourly clean-up, not here:
+    # a concurrent request may be about to use the same content.
     a = [_store(studio, f, AUDIO) for f in audio_files]
     fs = [_store(studio, f, FACE) for f in face_files]
     batch_id, jobs = studio.submit_batch(a, fs, engine=engine, quality=quality)
