@@ -1,0 +1,44 @@
+"""Mouth synthesis engines behind one :class:`~lipdub.render.base.Renderer` interface."""
+
+from __future__ import annotations
+
+import importlib
+
+from lipdub.device import Device
+from lipdub.errors import LipdubError
+from lipdub.face.avatar import Avatar
+from lipdub.render.base import FrameTask, RenderContext, RenderedCrop, Renderer
+
+__all__ = ["ENGINES", "FrameTask", "RenderContext", "RenderedCrop", "Renderer", "create_renderer", "engine_for"]
+
+# name -> "module:Class"; imported on demand so optional engines cost nothing until used.
+ENGINES: dict[str, str] = {
+    "warp": "lipdub.render.warp:WarpRenderer",
+}
+
+# Order in which `--engine auto` tries engines; the first whose suits(avatar) is true wins.
+AUTO_ORDER = ["warp"]
+
+
+def engine_class(name: str) -> type[Renderer]:
+    try:
+        target = ENGINES[name]
+    except KeyError:
+        raise LipdubError(f"Unknown engine '{name}'; use auto or one of: {', '.join(ENGINES)}.") from None
+    module, cls = target.split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def engine_for(name: str, avatar: Avatar) -> str:
+    """Resolve ``auto`` to a concrete engine for this template."""
+    if name != "auto":
+        engine_class(name)
+        return name
+    for candidate in AUTO_ORDER:
+        if engine_class(candidate).suits(avatar):
+            return candidate
+    return AUTO_ORDER[-1]
+
+
+def create_renderer(name: str, device: Device, **options) -> Renderer:
+    return engine_class(name)(device, **options)

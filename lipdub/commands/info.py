@@ -1,0 +1,63 @@
+"""`lipdub info`: device, codecs, versions and the models found."""
+
+from __future__ import annotations
+
+import logging
+import platform
+
+import typer
+
+from lipdub.cli import setup_logging
+
+log = logging.getLogger("lipdub")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def info(device: str = typer.Option("auto", help="Device to check: auto, cpu, cuda, cuda:N or mps.")) -> None:
+        """Show the device, codecs, library versions and the models found."""
+        setup_logging()
+        import av
+        import cv2
+        import mediapipe
+        import numpy
+        import torch
+        from rich.console import Console
+        from rich.table import Table
+
+        import lipdub
+        from lipdub.device import select_device
+        from lipdub.media.encode import nvenc_available
+        from lipdub.render import ENGINES
+
+        dev = select_device(device)
+        table = Table(title=f"lipdub {lipdub.__version__}", show_header=False)
+        table.add_row("device", dev.describe() + (" (FP16)" if dev.half else " (FP32)"))
+        table.add_row("python", platform.python_version())
+        for name, mod in (("torch", torch), ("av (FFmpeg)", av), ("opencv", cv2), ("mediapipe", mediapipe),
+                          ("numpy", numpy)):
+            table.add_row(name, getattr(mod, "__version__", "?"))
+        codecs = ["libx264", "aac"] + (["h264_nvenc"] if nvenc_available() else [])
+        table.add_row("encoders", ", ".join(codecs))
+        table.add_row("engines", ", ".join(ENGINES))
+        for label, ok in _models():
+            table.add_row(label, ok)
+        Console().print(table)
+
+
+def _models() -> list[tuple[str, str]]:
+    import os
+
+    rows = []
+    import mediapipe
+
+    mesh = os.path.join(os.path.dirname(mediapipe.__file__), "modules", "face_landmark",
+                        "face_landmark_front_cpu.binarypb")
+    rows.append(("face mesh model", "bundled with mediapipe" if os.path.exists(mesh) else "MISSING"))
+    try:
+        import pocketsphinx
+
+        rows.append(("speech model", f"pocketsphinx en-us ({pocketsphinx.get_model_path()})"))
+    except Exception as e:  # noqa: BLE001 - report, don't fail, in a diagnostic command
+        rows.append(("speech model", f"MISSING ({e})"))
+    return rows

@@ -1,0 +1,183 @@
+"""Template decoding: constant-rate, upright, even-sized I420 frames, streamed lazily."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from lipdub.errors import InputError
+from lipdub.media.frames import rotate
+from lipdub.media.probe import MediaInfo
+
+log = logging.getLogger(__name__)
+
+# Above this many decoded bytes a template is re-decoded for backward (ping-pong) runs instead of kept.
+TEMPLATE_MEMORY_BUDGET = 400 * 1024 * 1024
+BACKWARD_CHUNK = 24
+
+
+def output_size(info: MediaInfo) -> tuple[int, int]:
+    """Even display size (H.264 in yuv420p needs even dimensions)."""
+    return info.width - info.width % 2, info.height - info.height % 2
+
+
+def _to_i420(frame: av.VideoFrame, info: MediaInfo) -> np.ndarray:
+    # Reformat in the stored orientation, then turn: the stored width/height are pre-rotation.
+    w, h = output_size(info)
+    sw, sh = (h, w) if info.rotation in (90, 270) else (w, h)
+    if frame.format.name != "yuv420p" or frame.width != sw or frame.height != sh:
+        frame = frame.reformat(width=sw, height=sh, format="yuv420p")
+    return rotate(frame.to_ndarray(format="yuv420p"), info.rotation)
+
+
+def load_image(info: MediaInfo) -> np.ndarray:
+    """The single picture of an image file as an I420 frame."""
+    try:
+        with av.open(str(info.path)) as c:
+            for frame in c.decode(video=0):
+                return _to_i420(frame, info)
+    except av.FFmpegError as e:
+        raise InputError(f"Could not decode the picture {info.path.name}; the file may be damaged ({e}).") from e
+    raise InputError(f"{info.path.name} holds no picture.")
+
+
+class VideoDecoder:
+    """Decodes a template video as constant-frame-rate I420 frames in display orientation.
+
+    Variable-frame-rate input is resampled to ``fps`` (repeating or dropping frames), the way a
+    player shows it.
+    """
+
+    def __init__(self, info: MediaInfo, fps: Fraction) -> None:
+        self.info = info
+        self.fps = fps
+        self._first_time: float | None = None
+
+    def frames(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (slot index, frame) for constant-rate slots ``start <= k < stop``."""
+        period = 1.0 / float(self.fps)
+        half = period / 2
+        try:
+            with av.open(str(self.info.path), metadata_errors="ignore") as c:
+                vs = c.streams.video[0]
+                vs.thread_type = "AUTO"
+                if start > 0 and self._first_time is not None:
+                    target = self._first_time + start * period - period
+                    c.seek(max(0, int(target / vs.time_base)), stream=vs, backward=True, any_frame=False)
+                k: int | None = None
+                prev: np.ndarray | None = None
+                prev_t = 0.0
+                for frame in self._decode(c, vs):
+                    t = frame.time if frame.time is not None else (prev_t + period if prev is not None else 0.0)
+                    if self._first_time is None:
+                        self._first_time = t
+                    rel = t - self._first_time
+                    if k is None:
+                        k = max(0, round(rel / period))
+                    while prev is not None and k * period + half < rel:
+                        if stop is not None and k >= stop:
+                            return
+                        if k >= start:
+                            yield k, prev
+                        k += 1
+                    prev = _to_i420(frame, self.info)
+                    prev_t = t
+                if prev is not None and k is not None:
+                    end = prev_t - self._first_time + period
+                    while k * period + half < end or k < start:
+                        if stop is not None and k >= stop:
+                            return
+                        if k >= start:
+                            yield k, prev
+                        k += 1
+        except av.FFmpegError as e:
+            raise InputError(f"Could not decode {self.info.path.name}; the video may be damaged ({e}).") from e
+
+    def _decode(self, c: av.container.InputContainer, vs: av.video.stream.VideoStream) -> Iterator[av.VideoFrame]:
+        bad = 0
+        for packet in c.demux(vs):
+            try:
+                yield from packet.decode()
+            except av.FFmpegError as e:
+                bad += 1  # damaged packets are skipped like players do, but a wholly broken file fails
+                if bad > 50:
+                    raise
+                log.debug("Skipping an undecodable video packet: %s", e)
+
+
+def pingpong_indices(n_out: int, n_template: int) -> np.ndarray:
+    """Template frame for every output frame: forward, then backward, and so on (no jump cut)."""
+    if n_template <= 1:
+        return np.zeros(n_out, np.int64)
+    period = 2 * n_template - 2
+    r = np.arange(n_out) % period
+    return np.where(r < n_template, r, period - r).astype(np.int64)
+
+
+class TemplateFrames:
+    """Serves template frames in any ping-pong order with bounded memory.
+
+    A small template is kept decoded in memory; a large one is re-decoded: forward runs stream,
+    backward runs are decoded in short chunks and reversed.
+    """
+
+    def __init__(self, info: MediaInfo, fps: Fraction, n_frames: int) -> None:
+        self.info = info
+        self.n_frames = n_frames
+        self.decoder = VideoDecoder(info, fps)
+        w, h = output_size(info)
+        self._keep_all = n_frames * w * h * 3 // 2 <= TEMPLATE_MEMORY_BUDGET
+        self._all: list[np.ndarray] | None = None
+
+    def frames_for(self, indices: np.ndarray) -> Iterator[np.ndarray]:
+        """Yield the template frame for each entry of ``indices`` (a ping-pong sequence)."""
+        i = 0
+        n = len(indices)
+        while i < n:
+            j = i + 1
+            step = 1 if (j < n and indices[j] > indices[i]) else -1
+            while j < n and indices[j] - indices[j - 1] == step:
+                j += 1
+            yield from self._run(int(indices[i]), int(indices[j - 1]), step)
+            i = j
+
+    def _run(self, a: int, b: int, step: int) -> Iterator[np.ndarray]:
+        if self._all is not None:
+            for k in range(a, b + step, step):
+                yield self._all[min(k, len(self._all) - 1)]
+            return
+        if step == 1:
+            keep = self._keep_all and a == 0
+            kept: list[np.ndarray] = []
+            last: np.ndarray | None = None
+            count = 0
+            for _, f in self.decoder.frames(a, b + 1):
+                last, count = f, count + 1
+                if keep:
+                    kept.append(f)
+                yield f
+            if last is None:
+                raise InputError(f"Could not read frame {a} of {self.info.path.name}; the video may be damaged.")
+            for _ in range(b - a + 1 - count):  # a stream that ends early: hold its last frame
+                if keep:
+                    kept.append(last)
+                yield last
+            if keep and len(kept) >= self.n_frames:
+                self._all = kept
+            return
+        for end in range(a, b - 1, -BACKWARD_CHUNK):
+            begin = max(b, end - BACKWARD_CHUNK + 1)
+            chunk = [f for _, f in self.decoder.frames(begin, end + 1)]
+            if not chunk:
+                raise InputError(f"Could not re-read frames {begin}-{end} of {self.info.path.name}.")
+            chunk += [chunk[-1]] * (end + 1 - begin - len(chunk))
+            yield from reversed(chunk)
+
+
+def count_frames(duration: float, fps: Fraction) -> int:
+    return max(1, math.ceil(duration * float(fps) - 1e-6))

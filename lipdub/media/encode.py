@@ -1,0 +1,165 @@
+"""Output: H.264 (libx264, or NVENC on a GPU) in yuv420p with the user's audio as AAC, +faststart."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from lipdub.errors import InputError, LipdubError
+from lipdub.media.probe import MediaInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Quality:
+    name: str
+    x264_preset: str
+    crf: int
+    nvenc_preset: str
+    nvenc_cq: int
+
+
+# fast and balanced share x264's fastest preset (speed is the point of both); the CRF sets quality.
+QUALITIES = {
+    "fast": Quality("fast", "ultrafast", 23, "p1", 26),
+    "balanced": Quality("balanced", "ultrafast", 18, "p4", 21),
+    "best": Quality("best", "medium", 16, "p7", 18),
+}
+
+
+def quality(name: str) -> Quality:
+    try:
+        return QUALITIES[name]
+    except KeyError:
+        raise LipdubError(f"Unknown quality '{name}'; use one of: {', '.join(QUALITIES)}.") from None
+
+
+def nvenc_available() -> bool:
+    try:
+        av.codec.Codec("h264_nvenc", "w")
+    except Exception:  # noqa: BLE001 - PyAV raises several kinds for a missing encoder
+        return False
+    return True
+
+
+class VideoWriter:
+    """Writes I420 frames and the user's full-quality audio into an MP4, atomically.
+
+    Audio is interleaved while frames arrive, so the muxer never buffers a whole track.
+    """
+
+    def __init__(self, out: str | os.PathLike, width: int, height: int, fps: Fraction, audio: MediaInfo,
+                 quality_name: str = "balanced", use_nvenc: bool = False) -> None:
+        self.out = Path(out)
+        self.tmp = self.out.with_name(f".{self.out.stem}.partial{os.getpid()}.mp4")
+        self.fps = fps
+        self.width, self.height = width, height
+        q = quality(quality_name)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.container = av.open(str(self.tmp), "w", format="mp4", options={"movflags": "+faststart"})
+        self.video = self._video_stream(q, use_nvenc)
+        self.frames_written = 0
+        self._audio_in = av.open(str(audio.path), metadata_errors="ignore")
+        src = self._audio_in.streams.audio[0]
+        rate = min(48000, max(8000, src.codec_context.sample_rate or 44100))
+        layout = "mono" if (src.codec_context.channels or 2) == 1 else "stereo"
+        self.audio = self.container.add_stream("aac", rate=rate, layout=layout)
+        self.audio.bit_rate = 192_000 if layout == "stereo" else 128_000
+        self._resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
+        self._audio_frames = self._audio_source()
+        self._audio_time = 0.0
+        self._audio_done = False
+
+    def _video_stream(self, q: Quality, use_nvenc: bool) -> av.video.stream.VideoStream:
+        if use_nvenc:
+            try:
+                s = self.container.add_stream("h264_nvenc", rate=self.fps)
+                s.options = {"preset": q.nvenc_preset, "rc": "vbr", "cq": str(q.nvenc_cq)}
+                self._setup(s)
+                s.codec_context.open()  # fail here, not mid-job, when the GPU has no free encoder
+                self.codec = "h264_nvenc"
+                return s
+            except Exception as e:  # noqa: BLE001
+                log.warning("NVENC is not usable (%s); encoding with libx264 on the CPU.", e)
+                self.container.close()
+                self.container = av.open(str(self.tmp), "w", format="mp4", options={"movflags": "+faststart"})
+        s = self.container.add_stream("libx264", rate=self.fps)
+        s.options = {"preset": q.x264_preset, "crf": str(q.crf)}
+        s.thread_type = "AUTO"
+        self._setup(s)
+        self.codec = "libx264"
+        return s
+
+    def _setup(self, s: av.video.stream.VideoStream) -> None:
+        s.width, s.height = self.width, self.height
+        s.pix_fmt = "yuv420p"
+        s.codec_context.time_base = Fraction(1, 1) / self.fps
+
+    def _audio_source(self) -> Iterator[av.AudioFrame]:
+        src = self._audio_in.streams.audio[0]
+        for packet in self._audio_in.demux(src):
+            try:
+                decoded = packet.decode()
+            except av.FFmpegError:
+                continue
+            for frame in decoded:
+                frame.pts = None
+                yield from self._resampler.resample(frame)
+        yield from self._resampler.resample(None)
+
+    def _pump_audio(self, until: float | None) -> None:
+        """Encode audio up to ``until`` seconds (all of it when None)."""
+        while not self._audio_done and (until is None or self._audio_time < until):
+            frame = next(self._audio_frames, None)
+            if frame is None:
+                self._audio_done = True
+                break
+            frame.pts = None
+            self._audio_time += frame.samples / frame.sample_rate
+            for packet in self.audio.encode(frame):
+                self.container.mux(packet)
+
+    def write(self, frame: np.ndarray) -> None:
+        vf = av.VideoFrame.from_ndarray(frame, format="yuv420p")
+        vf.pts = self.frames_written
+        vf.time_base = self.video.codec_context.time_base
+        for packet in self.video.encode(vf):
+            self.container.mux(packet)
+        self.frames_written += 1
+        self._pump_audio(self.frames_written / float(self.fps) + 0.5)
+
+    def close(self) -> Path:
+        """Flush, close and move the finished file into place."""
+        try:
+            for packet in self.video.encode(None):
+                self.container.mux(packet)
+            self._pump_audio(None)
+            for packet in self.audio.encode(None):
+                self.container.mux(packet)
+            self.container.close()
+            self._audio_in.close()
+            os.replace(self.tmp, self.out)
+        except OSError as e:
+            self.abort()
+            raise LipdubError(f"Could not write {self.out} ({e.strerror or e}); check free disk space and permissions.") from e
+        except av.FFmpegError as e:
+            self.abort()
+            raise InputError(f"Could not encode the output ({e}).") from e
+        return self.out
+
+    def abort(self) -> None:
+        """Drop a partial output."""
+        for closable in (self.container, self._audio_in):
+            try:
+                closable.close()
+            except Exception:  # noqa: BLE001 - already failing; the cleanup must not mask the cause
+                pass
+        self.tmp.unlink(missing_ok=True)

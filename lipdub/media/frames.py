@@ -1,0 +1,82 @@
+"""Frames travel through the pipeline as packed I420 arrays (YUV 4:2:0, shape (h*3/2, w), uint8):
+what the decoder gives and the encoder takes, so full frames are never converted to RGB."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def planes(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Views (no copy) of the Y, U and V planes of a packed I420 frame."""
+    h = frame.shape[0] * 2 // 3
+    w = frame.shape[1]
+    flat = frame.reshape(-1)
+    y = flat[: h * w].reshape(h, w)
+    u = flat[h * w : h * w + h * w // 4].reshape(h // 2, w // 2)
+    v = flat[h * w + h * w // 4 :].reshape(h // 2, w // 2)
+    return y, u, v
+
+
+def pack(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    h, w = y.shape
+    return np.concatenate([y.reshape(-1), u.reshape(-1), v.reshape(-1)]).reshape(h * 3 // 2, w)
+
+
+def frame_size(frame: np.ndarray) -> tuple[int, int]:
+    """(width, height) of a packed I420 frame."""
+    return frame.shape[1], frame.shape[0] * 2 // 3
+
+
+def rotate(frame: np.ndarray, degrees: int) -> np.ndarray:
+    """Turn a packed I420 frame clockwise by 0, 90, 180 or 270 degrees."""
+    if degrees % 360 == 0:
+        return frame
+    k = {90: -1, 180: 2, 270: 1}[degrees % 360]  # np.rot90 turns counter-clockwise
+    return pack(*(np.ascontiguousarray(np.rot90(p, k)) for p in planes(frame)))
+
+
+def crop_bgr(frame: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """BGR copy of an even-aligned box (x0, y0, x1, y1) of a packed I420 frame."""
+    x0, y0, x1, y1 = box
+    y, u, v = planes(frame)
+    sub = pack(y[y0:y1, x0:x1], u[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2], v[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2])
+    return cv2.cvtColor(sub, cv2.COLOR_YUV2BGR_I420)
+
+
+def to_rgb(frame: np.ndarray, max_side: int | None = None) -> tuple[np.ndarray, float]:
+    """RGB picture of a frame for analysis, optionally downscaled; returns (image, scale)."""
+    rgb = cv2.cvtColor(frame, cv2.COLOR_YUV2RGB_I420)
+    h, w = rgb.shape[:2]
+    if max_side and max(h, w) > max_side:
+        s = max_side / max(h, w)
+        return cv2.resize(rgb, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA), s
+    return rgb, 1.0
+
+
+def blend_bgr(frame: np.ndarray, box: tuple[int, int, int, int], bgr: np.ndarray, alpha: np.ndarray) -> None:
+    """Blend a BGR crop into an I420 frame in place, in YUV, where ``alpha`` > 0.
+
+    Pixels whose alpha is 0 keep the template's exact values (no round trip through RGB).
+    """
+    x0, y0, x1, y1 = box
+    yuv = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)
+    ny, nu, nv = planes(yuv)
+    fy, fu, fv = planes(frame)
+    a = alpha.astype(np.float32)
+    _mix(fy[y0:y1, x0:x1], ny, a)
+    a2 = cv2.resize(a, (a.shape[1] // 2, a.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    _mix(fu[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2], nu, a2)
+    _mix(fv[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2], nv, a2)
+
+
+def _mix(dst: np.ndarray, src: np.ndarray, a: np.ndarray) -> None:
+    ys, xs = np.nonzero(a > 0)
+    if len(ys) == 0:
+        return
+    r0, r1, c0, c1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    d = dst[r0:r1, c0:c1].astype(np.float32)
+    aa = a[r0:r1, c0:c1]
+    out = d + (src[r0:r1, c0:c1].astype(np.float32) - d) * aa
+    # Where alpha is exactly 0 keep the original byte, so untouched pixels stay bit-identical.
+    dst[r0:r1, c0:c1] = np.where(aa > 0, np.clip(out + 0.5, 0, 255), d).astype(np.uint8)

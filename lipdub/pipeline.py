@@ -1,0 +1,320 @@
+"""generate(): decode -> analyse -> render -> encode, streamed in bounded chunks.
+
+Decoding and encoding run in their own threads and exchange small chunks of frames through
+bounded queues with the rendering thread, so memory does not depend on the length of the video.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from lipdub.audio import analyse as analyse_audio
+from lipdub.device import Device, select_device
+from lipdub.errors import InputError, LipdubError
+from lipdub.face.analyse import analyse_template
+from lipdub.face.avatar import Avatar
+from lipdub.media.audio import load_audio
+from lipdub.media.decode import TemplateFrames, load_image, output_size, pingpong_indices
+from lipdub.media.encode import VideoWriter, nvenc_available
+from lipdub.media.encode import quality as quality_preset
+from lipdub.media.frames import blend_bgr, crop_bgr
+from lipdub.media.probe import MediaInfo, probe
+from lipdub.render import FrameTask, RenderContext, create_renderer, engine_class, engine_for
+
+log = logging.getLogger(__name__)
+
+CHUNK = 16  # frames per chunk between stages
+QUEUE_CHUNKS = 3  # chunks waiting between two stages, at most
+PHOTO_FPS = Fraction(25)
+
+# Share of the overall progress bar each stage takes.
+_STAGES = {"probing": (0.0, 0.02), "analysing audio": (0.02, 0.10), "analysing template": (0.10, 0.30),
+           "rendering": (0.30, 1.0)}
+
+
+@dataclass
+class Progress:
+    stage: str
+    fraction: float  # overall, 0..1
+    message: str = ""
+
+
+@dataclass
+class Result:
+    output: Path
+    frames: int
+    fps: float
+    duration: float
+    device: str
+    engine: str
+    seconds: float
+    faces_missing: int
+
+
+class Cancelled(LipdubError):
+    """The job was cancelled."""
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def generate(audio: str | os.PathLike, face: str | os.PathLike, out: str | os.PathLike, *,
+             device: str | Device = "auto", engine: str = "auto", quality: str = "balanced",
+             fps: float | None = None, text: str | None = None, weights: str | os.PathLike | None = None,
+             cache_dir: str | os.PathLike | None = None, progress: ProgressCallback | None = None,
+             cancel: threading.Event | None = None) -> Result:
+    """Make the face in ``face`` (video or photo) speak ``audio``; write an MP4 to ``out``."""
+    started = time.monotonic()
+    report = _Reporter(progress)
+    if engine != "auto":
+        engine_class(engine)  # an unknown name fails now, not after the analysis
+    quality_preset(quality)
+    dev = device if isinstance(device, Device) else select_device(device)
+
+    report("probing", 0.0, "reading the inputs")
+    a_info = probe(audio)
+    f_info = probe(face)
+    if not a_info.has_audio:
+        raise InputError(f"{a_info.path.name} has no sound track; give a file with speech in it.")
+    if f_info.kind == "audio":
+        raise InputError(f"{f_info.path.name} holds no picture; give a video or photo of a person.")
+    out_fps = _output_fps(fps, f_info)
+
+    report("analysing audio", 0.0, "decoding speech")
+    clip = load_audio(audio, info=a_info)
+    n_out = max(1, math.ceil(clip.duration * float(out_fps) - 1e-6))
+    mouth = analyse_audio(clip, float(out_fps), n_out, text=text).fit_length(n_out)
+    _check_cancel(cancel)
+
+    report("analysing template", 0.0, "finding the face")
+    avatar = analyse_template(f_info, out_fps, Path(cache_dir) if cache_dir else None,
+                              progress=lambda f: report("analysing template", f, "finding the face"))
+    _check_cancel(cancel)
+
+    engine_name = engine_for(engine, avatar)
+    options = {"weights": str(weights)} if weights else {}
+    renderer = create_renderer(engine_name, dev, **options)
+    indices = pingpong_indices(n_out, avatar.n_frames)
+    ctx = RenderContext(avatar=avatar, mouth=mouth, audio=clip, fps=float(out_fps), template_indices=indices,
+                        options=options)
+    renderer.prepare(ctx)
+    log.info("Rendering %d frames at %.3g fps with the %s engine on %s.", n_out, float(out_fps), engine_name,
+             dev.describe())
+
+    width, height = output_size(f_info)
+    writer = VideoWriter(out, width, height, out_fps, a_info, quality, use_nvenc=dev.kind == "cuda"
+                         and nvenc_available())
+    missing = 0
+    try:
+        source = _template_frames(f_info, out_fps, avatar, indices)
+        for done, n_missing in _render_stream(source, indices, avatar, renderer, writer, cancel):
+            missing += n_missing
+            report("rendering", done / n_out, f"rendering {done}/{n_out} frames")
+        output = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    if missing:
+        log.warning("No face on %d of %d output frames; they show the template unchanged.", missing, n_out)
+    seconds = time.monotonic() - started
+    log.info("Wrote %s: %d frames, %.2f s, in %.1f s (%.2fx real time).", output, n_out, n_out / float(out_fps),
+             seconds, (n_out / float(out_fps)) / max(seconds, 1e-9))
+    report("done", 1.0, "finished")
+    return Result(output=output, frames=n_out, fps=float(out_fps), duration=n_out / float(out_fps),
+                  device=dev.describe(), engine=engine_name, seconds=seconds, faces_missing=missing)
+
+
+def _output_fps(fps: float | None, info: MediaInfo) -> Fraction:
+    if fps is not None:
+        if not 1 <= fps <= 120:
+            raise InputError(f"A frame rate of {fps} fps is not supported; choose between 1 and 120.")
+        return Fraction(fps).limit_denominator(1001)
+    return PHOTO_FPS if info.kind == "image" else info.fps
+
+
+def _template_frames(info: MediaInfo, fps: Fraction, avatar: Avatar, indices: np.ndarray) -> Iterator[np.ndarray]:
+    if info.kind == "image":
+        picture = load_image(info)
+        return (picture for _ in range(len(indices)))
+    return TemplateFrames(info, fps, avatar.n_frames).frames_for(indices)
+
+
+def face_box(landmarks: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
+    """Even-aligned box around the face with room below for a lowered jaw."""
+    x0, y0 = landmarks.min(0)
+    x1, y1 = landmarks.max(0)
+    fw, fh = x1 - x0, y1 - y0
+    x0, x1 = x0 - 0.2 * fw, x1 + 0.2 * fw
+    y0, y1 = y0 - 0.1 * fh, y1 + 0.3 * fh
+    x0 = max(0, int(x0) & ~1)
+    y0 = max(0, int(y0) & ~1)
+    x1 = min(width, (int(math.ceil(x1)) + 1) & ~1)
+    y1 = min(height, (int(math.ceil(y1)) + 1) & ~1)
+    return x0, y0, x1, y1
+
+
+def _render_stream(source: Iterator[np.ndarray], indices: np.ndarray, avatar: Avatar, renderer,
+                   writer: VideoWriter, cancel: threading.Event | None) -> Iterator[tuple[int, int]]:
+    """Run decode, render and encode as three threads over bounded queues; yield (frames done, no-face count)."""
+    n_out = len(indices)
+    decoded: queue.Queue = queue.Queue(QUEUE_CHUNKS)
+    rendered: queue.Queue = queue.Queue(QUEUE_CHUNKS)
+    done_q: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def put(q: queue.Queue, item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def decode() -> None:
+        try:
+            chunk: list[np.ndarray] = []
+            for frame in source:
+                chunk.append(frame)
+                if len(chunk) == CHUNK:
+                    if not put(decoded, chunk):
+                        return
+                    chunk = []
+            if chunk:
+                put(decoded, chunk)
+            put(decoded, None)
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            errors.append(e)
+            stop.set()
+
+    def encode() -> None:
+        try:
+            while True:
+                item = _get(rendered, stop)
+                if item is None:
+                    break
+                frames, n_missing = item
+                for f in frames:
+                    writer.write(f)
+                done_q.put((len(frames), n_missing))
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+            stop.set()
+        finally:
+            done_q.put(None)
+
+    threads = [threading.Thread(target=decode, name="lipdub-decode", daemon=True),
+               threading.Thread(target=encode, name="lipdub-encode", daemon=True)]
+    for t in threads:
+        t.start()
+    try:
+        produced = 0
+        finished = 0
+        while produced < n_out:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("The job was cancelled.")
+            chunk = _get(decoded, stop)
+            if chunk is None:
+                break
+            chunk = chunk[: n_out - produced]
+            frames, n_missing = _render_chunk(chunk, produced, indices, avatar, renderer)
+            produced += len(frames)
+            if not put(rendered, (frames, n_missing)):
+                break
+            while True:
+                try:
+                    item = done_q.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    finished += item[0]
+                    yield finished, item[1]
+        if errors:
+            raise errors[0]
+        if produced < n_out:
+            raise InputError(f"The template ended after {produced} of {n_out} frames; the video may be damaged.")
+        put(rendered, None)
+        while True:
+            item = done_q.get()
+            if item is None:
+                break
+            finished += item[0]
+            yield finished, item[1]
+        if errors:
+            raise errors[0]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+
+
+def _get(q: queue.Queue, stop: threading.Event) -> object:
+    while True:
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            if stop.is_set():
+                return None
+
+
+def _render_chunk(chunk: list[np.ndarray], start: int, indices: np.ndarray, avatar: Avatar,
+                  renderer) -> tuple[list[np.ndarray], int]:
+    height, width = chunk[0].shape[0] * 2 // 3, chunk[0].shape[1]
+    tasks: list[FrameTask] = []
+    frames: list[np.ndarray] = []
+    slots: list[int] = []
+    missing = 0
+    for j, frame in enumerate(chunk):
+        out_index = start + j
+        ti = int(indices[out_index])
+        frame = frame.copy()  # template frames may be shared (photos, cached templates)
+        frames.append(frame)
+        lm = avatar.landmarks[min(ti, avatar.n_frames - 1)]
+        if np.isnan(lm[0, 0]):
+            missing += 1
+            continue
+        box = face_box(lm, width, height)
+        crop = crop_bgr(frame, box)
+        local = lm - np.array([box[0], box[1]], np.float32)
+        tasks.append(FrameTask(out_index, ti, crop, box, local))
+        slots.append(j)
+    if tasks:
+        for j, task, result in zip(slots, tasks, renderer.render(tasks)):
+            if result.alpha is not None:
+                blend_bgr(frames[j], task.box, result.crop, result.alpha)
+    return frames, missing
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("The job was cancelled.")
+
+
+class _Reporter:
+    def __init__(self, callback: ProgressCallback | None) -> None:
+        self.callback = callback
+        self._last = -1.0
+
+    def __call__(self, stage: str, fraction: float, message: str = "") -> None:
+        if self.callback is None:
+            return
+        lo, hi = _STAGES.get(stage, (1.0, 1.0))
+        overall = lo + (hi - lo) * min(max(fraction, 0.0), 1.0)
+        if overall - self._last < 0.002 and fraction < 1.0 and stage != "done":
+            return
+        self._last = overall
+        self.callback(Progress(stage, overall, message))
+
+

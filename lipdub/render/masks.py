@@ -1,0 +1,46 @@
+"""Soft masks that follow the face, never a box."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from lipdub.face.landmarks import CHEEKS, JAW, NOSE_BASE, inter_ocular
+
+
+def lower_face_polygon(landmarks: np.ndarray, chin_margin: float = 0.12) -> np.ndarray:
+    """Region that moves when speaking: from below the nose, across the cheeks, down the jaw line.
+
+    The chin and jaw line are pushed outwards by ``chin_margin`` x inter-ocular distance so a
+    lowered jaw stays inside.
+    """
+    lm = landmarks.astype(np.float32)
+    iod = float(inter_ocular(lm))
+    centre = lm[NOSE_BASE].mean(0)
+    jaw = lm[JAW]
+    out = jaw - centre
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
+    jaw = jaw + out * chin_margin * iod
+    top = lm[[CHEEKS[1], NOSE_BASE[2], NOSE_BASE[1], NOSE_BASE[0], CHEEKS[0]]]
+    # Lift the nose base slightly so the mask edge sits in the groove under the nose, not on the lip.
+    top = top + (centre - lm[JAW].mean(0)) / max(np.linalg.norm(centre - lm[JAW].mean(0)), 1e-6) * 0.05 * iod
+    return np.concatenate([jaw, top]).astype(np.float32)
+
+
+def polygon_alpha(polygon: np.ndarray, shape: tuple[int, int], feather_px: float) -> np.ndarray:
+    """Alpha 1 deep inside ``polygon``, falling to exactly 0 at its edge over ``feather_px`` pixels."""
+    h, w = shape
+    hard = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(hard, [np.round(polygon).astype(np.int32)], 255, lineType=cv2.LINE_8)
+    if feather_px <= 0:
+        return (hard > 0).astype(np.float32)
+    dist = cv2.distanceTransform(hard, cv2.DIST_L2, 5)
+    t = np.clip(dist / feather_px, 0.0, 1.0)
+    return (t * t * (3 - 2 * t)).astype(np.float32)  # smoothstep: no visible edge in the ramp
+
+
+def lower_face_mask(landmarks: np.ndarray, shape: tuple[int, int], feather: float = 0.18,
+                    chin_margin: float = 0.12) -> np.ndarray:
+    """Feathered mask of mouth, cheeks below the nose, and jaw; ``feather`` is x inter-ocular distance."""
+    iod = float(inter_ocular(landmarks))
+    return polygon_alpha(lower_face_polygon(landmarks, chin_margin), shape, feather * iod)

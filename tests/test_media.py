@@ -1,0 +1,115 @@
+"""Media I/O on real files: probing by content, constant-rate decoding, ping-pong, rotation."""
+
+from __future__ import annotations
+
+import shutil
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from conftest import AUDIOS, PHOTOS, VIDEOS, cut_audio, media, needs_media
+
+from lipdub.errors import InputError
+from lipdub.media.audio import load_audio
+from lipdub.media.decode import TemplateFrames, VideoDecoder, pingpong_indices
+from lipdub.media.frames import pack, planes, rotate
+from lipdub.media.probe import probe
+
+pytestmark = needs_media
+
+
+@pytest.mark.parametrize("name", VIDEOS)
+def test_probe_videos(name: str) -> None:
+    info = probe(media(name))
+    assert info.kind == "video" and info.has_video and info.has_audio
+    assert info.width >= 512 and info.height >= 512
+    assert 20 <= float(info.fps) <= 31
+    assert info.duration > 4
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_probe_photos(name: str) -> None:
+    info = probe(media(name))
+    assert info.kind == "image" and not info.has_audio and info.width >= 256
+
+
+@pytest.mark.parametrize("name", AUDIOS)
+def test_probe_and_load_audio(name: str) -> None:
+    info = probe(media(name))
+    assert info.kind == "audio"
+    clip = load_audio(media(name), info=info)
+    assert clip.sample_rate == 16000 and clip.samples.dtype == np.float32 and clip.samples.ndim == 1
+    assert abs(clip.duration - info.duration) < 0.05
+    assert 0.01 < np.abs(clip.samples).max() <= 1.0
+
+
+def test_content_not_extension(tmp_path) -> None:
+    wav_as_mp4 = tmp_path / "speech.mp4"
+    shutil.copy(media("en_radio_8s.wav"), wav_as_mp4)
+    assert probe(wav_as_mp4).kind == "audio"
+    png_as_jpg = tmp_path / "face.jpg"
+    shutil.copy(media("portrait_474.png"), png_as_jpg)
+    assert probe(png_as_jpg).kind == "image"
+
+
+@pytest.mark.parametrize("ext", [".mp3", ".m4a", ".flac", ".ogg", ".opus"])
+def test_compressed_audio_formats(tmp_path, ext: str) -> None:
+    path = cut_audio(media("en_speech_12s.wav"), tmp_path / f"speech{ext}", 3.0)
+    clip = load_audio(path)
+    assert abs(clip.duration - 3.0) < 0.15
+
+
+def test_audio_track_of_a_video() -> None:
+    clip = load_audio(media("katie_talk_512.mp4"))
+    assert abs(clip.duration - probe(media("katie_talk_512.mp4")).duration) < 0.1
+
+
+def test_missing_and_garbage_files(tmp_path) -> None:
+    with pytest.raises(InputError, match="not found"):
+        probe(tmp_path / "nope.wav")
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(InputError, match="empty"):
+        probe(empty)
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(np.random.default_rng(0).integers(0, 255, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(InputError, match="not a readable"):
+        probe(junk)
+
+
+def test_variable_frame_rate_becomes_constant() -> None:
+    info = probe(media("suit_talk_700_vfr.mp4"))
+    frames = list(VideoDecoder(info, info.fps).frames())
+    ks = [k for k, _ in frames]
+    assert ks == list(range(len(ks)))  # consecutive constant-rate slots
+    assert abs(len(ks) / float(info.fps) - info.duration) < 2 / float(info.fps)
+
+
+def test_pingpong_indices() -> None:
+    assert pingpong_indices(9, 4).tolist() == [0, 1, 2, 3, 2, 1, 0, 1, 2]
+    assert pingpong_indices(3, 1).tolist() == [0, 0, 0]
+
+
+def test_backward_runs_match_forward_frames(monkeypatch) -> None:
+    import lipdub.media.decode as decode
+
+    info = probe(media("map_talk_844.mp4"))
+    fps = Fraction(info.fps)
+    forward = [f for _, f in VideoDecoder(info, fps).frames()]
+    n = len(forward)
+    monkeypatch.setattr(decode, "TEMPLATE_MEMORY_BUDGET", 0)  # force the re-decoding path
+    order = pingpong_indices(2 * n + 5, n)
+    source = TemplateFrames(info, fps, n)
+    for i, frame in zip(order, source.frames_for(order), strict=True):
+        assert np.array_equal(frame, forward[i])
+
+
+def test_rotation_of_planes() -> None:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 255, (4, 6), dtype=np.uint8)
+    u = rng.integers(0, 255, (2, 3), dtype=np.uint8)
+    v = rng.integers(0, 255, (2, 3), dtype=np.uint8)
+    turned = rotate(pack(y, u, v), 90)
+    ty, tu, _ = planes(turned)
+    assert ty.shape == (6, 4) and np.array_equal(ty, np.rot90(y, -1)) and np.array_equal(tu, np.rot90(u, -1))
+    assert np.array_equal(rotate(rotate(pack(y, u, v), 180), 180), pack(y, u, v))
