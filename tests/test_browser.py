@@ -56,10 +56,15 @@ def test_browser_single_batch_history(browser_page, tmp_path):
         assert "cpu" in banner.inner_text().lower()
 
         # Single: a speech file and a real talking video, validated before submitting.
+        broken = tmp_path / "broken.wav"
+        broken.write_bytes(b"this is not audio")
+        _upload(page, "single-audio", [broken])  # refused with a message before anything is submitted
+        page.locator("#single-audio-msg").get_by_text("broken.wav is not a readable").wait_for(timeout=60_000)
+        page.locator("#single-audio button[aria-label='Clear']").click()
         _upload(page, "single-audio", [speech])
-        page.locator("#single-audio-msg").get_by_text("✅").wait_for(timeout=60_000)
+        page.locator("#single-audio-msg").get_by_text("OK:").wait_for(timeout=60_000)
         _upload(page, "single-face", [video])
-        page.locator("#single-face-msg").get_by_text("✅").wait_for(timeout=60_000)
+        page.locator("#single-face-msg").get_by_text("OK:").wait_for(timeout=60_000)
         page.click("#single-generate")
         page.locator("#single-player video").wait_for(timeout=RENDER_TIMEOUT_MS)
         assert page.evaluate(PLAYS, "#single-player video") > 0, "the result should play"

@@ -73,6 +73,9 @@ def check_media(path: str | Path, role: str, *, name: str | None = None, max_dur
     except InputError as e:
         # The stored file is named by its hash; say what the user called it.
         msg = str(e).replace(str(path), name).replace(Path(path).name, name)
+        cut = msg.find(" (")
+        if cut != -1 and "/" in msg[cut:]:  # the decoder's detail names a server-side path: drop it
+            msg = msg[:cut].rstrip(".") + "."
         raise ValidationError(msg if name in msg else f"{name}: {msg}", role) from e
     if role == AUDIO:
         if not info.has_audio:

@@ -91,13 +91,13 @@ def _describe(path: str | None, role: str, studio: Studio) -> str:
     try:
         info = check_media(path, role, max_duration_s=studio.settings.max_duration_s)
     except ValidationError as e:
-        return f"❌ {e}"
+        return f"**Refused:** {e}"
     size = Path(path).stat().st_size
     if size > studio.settings.max_upload_mb * 1024 * 1024:
-        return f"❌ {Path(path).name} is larger than the {studio.settings.max_upload_mb:g} MB limit."
+        return f"**Refused:** {Path(path).name} is larger than the {studio.settings.max_upload_mb:g} MB limit."
     what = f"{info.kind}, {info.width}x{info.height}" if info.kind in ("video", "image") else info.kind
     dur = f", {info.duration:.1f} s" if info.duration else ""
-    return f"✅ {Path(path).name}: {what}{dur}, {_fmt_bytes(size)}"
+    return f"**OK:** {Path(path).name}: {what}{dur}, {_fmt_bytes(size)}"
 
 
 def _paths(files: Any) -> list[str]:
@@ -144,14 +144,14 @@ def _single_tab(studio: Studio) -> None:
         def run(a: Any, f: Any, q: str) -> Iterator[tuple[str, str, str]]:
             a_path, f_path = _first(a), _first(f)
             if not a_path or not f_path:
-                yield "❌ Pick a speech file and a face video or photo first.", "", ""
+                yield "**Refused:** Pick a speech file and a face video or photo first.", "", ""
                 return
             try:
                 up_a = studio.add_upload_path(a_path, AUDIO)
                 up_f = studio.add_upload_path(f_path, FACE)
                 job = studio.submit(up_a, up_f, quality=q)
             except ValidationError as e:
-                yield f"❌ {e}", "", ""
+                yield f"**Refused:** {e}", "", ""
                 return
             yield from _follow(studio, job.id)
 
@@ -183,7 +183,7 @@ def _follow(studio: Studio, job_id: str) -> Iterator[tuple[str, str, str]]:
         if job.status in FINISHED:
             secs = (job.result or {}).get("seconds")
             if job.status == DONE:
-                line = f"✅ Job `{job.id}` done" + (f" in {secs:.1f} s" if secs else "")
+                line = f"Job `{job.id}` done" + (f" in {secs:.1f} s" if secs else "")
             yield line, _player(job) if job.status == DONE else "", _read_log(studio, job_id)
             return
         if line != last:
@@ -217,7 +217,7 @@ def _batch_tab(studio: Studio) -> None:
             lines = [_describe(p, AUDIO, studio) for p in _paths(a)] + [_describe(p, FACE, studio) for p in _paths(f)]
             na, nf = len(_paths(a)), len(_paths(f))
             if na > 1 and nf > 1:
-                lines.append("❌ Use one speech with many faces, or many speeches with one face.")
+                lines.append("**Refused:** Use one speech with many faces, or many speeches with one face.")
             elif na and nf:
                 lines.append(f"{na * nf} job(s) will be queued.")
             return "\n\n".join(x for x in lines if x)
@@ -236,7 +236,7 @@ def _batch_tab(studio: Studio) -> None:
                 ups_f = [studio.add_upload_path(p, FACE) for p in pf]
                 batch_id, _jobs = studio.submit_batch(ups_a, ups_f, quality=q)
             except ValidationError as e:
-                yield f"❌ {e}", None, ""
+                yield f"**Refused:** {e}", None, ""
                 return
             while True:
                 jobs = studio.store.batch_jobs(batch_id)
@@ -254,7 +254,7 @@ def _batch_status(batch_id: str, jobs: list[Job]) -> str:
     running = [j for j in jobs if j.status == "running"]
     if done == n:
         ok = sum(1 for j in jobs if j.status == DONE)
-        return (f"✅ Batch `{batch_id}`: {ok}/{n} done. "
+        return (f"Batch `{batch_id}`: {ok}/{n} done. "
                 f"[Download all as zip](/api/v1/batches/{batch_id}/zip)")
     cur = running[0] if running else None
     now = f"{done + 1}/{n} - {cur.stage} {cur.progress * 100:.0f}%" if cur else f"{done}/{n} - queued"
