@@ -85,6 +85,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     tmp = Path(tempfile.mkdtemp(prefix="lipdub-bench-"))
     data = args.data_dir or tmp / "data"

@@ -156,3 +156,12 @@ def test_uploads_are_kept_while_a_job_uses_them_and_retention(tmp_path):
         assert studio.store.get(j2.id) is None
     finally:
         studio.store.dispose()
+
+
+def test_claim_by_id_for_remote_workers(store):
+    a, b = _job(store), _job(store)
+    got = store.claim(b.id, "celery@host")
+    assert got.id == b.id and got.status == RUNNING and got.run_token
+    assert store.claim(b.id, "other") is None  # already taken
+    store.request_cancel(a.id)
+    assert store.claim(a.id, "celery@host") is None  # cancelled while queued

@@ -342,6 +342,16 @@ class JobStore:
             # Another worker took it between the select and the update; try the next one.
         return None
 
+    def claim(self, job_id: str, worker: str) -> Job | None:
+        """Claim one given queued job (what a Celery task does with the id it was sent); None when
+        it is not queued any more (cancelled, deleted, or taken by another worker)."""
+        with self.session() as s:
+            token, now = secrets.token_hex(8), utcnow()
+            res = s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == QUEUED).values(
+                status=RUNNING, stage="starting", progress=0.0, message="starting", run_token=token,
+                worker=worker, started_at=now, updated_at=now, attempts=JobRow.attempts + 1, error=None))
+            return _snapshot(s.get(JobRow, job_id)) if res.rowcount == 1 else None  # type: ignore[arg-type]
+
     def report_progress(self, job_id: str, token: str, stage: str, progress: float, message: str = "") -> bool:
         """Record progress of the attempt holding ``token``; False when that attempt no longer owns the job."""
         with self.session() as s:
