@@ -60,3 +60,25 @@ def test_kill_9_mid_job_then_restart_completes_it(tmp_path):
             assert "re-queued" in server.log().lower() or "Re-queued" in server.log()
     finally:
         server.stop()
+
+
+def test_graceful_stop_requeues_instead_of_cancelling(tmp_path):
+    from lipdub.jobs.store import QUEUED, JobStore, sqlite_url
+
+    (photo,) = need_media("portrait_474.png")
+    audio = short_audio(tmp_path / "speech.wav", 3.0)
+    data = tmp_path / "data"
+    server = Server(data).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            files = [("audio", ("speech.wav", audio.read_bytes())), ("face", ("p.png", photo.read_bytes()))]
+            job_id = c.post("/api/v1/jobs", files=files).json()["id"]
+            wait_job(c, job_id, until=("running",), timeout=300)
+    finally:
+        server.stop()  # SIGTERM: what Ctrl-C or a service manager does
+    store = JobStore(sqlite_url(data / "lipdub.db"))
+    try:
+        job = store.get(job_id)
+        assert job.status == QUEUED and not job.cancel_requested, job
+    finally:
+        store.dispose()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -34,16 +35,43 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
+def _warm_up(device: str) -> None:
+    """Import the heavy modules a render needs before there is a job to render."""
+    import importlib
+
+    for name in ("lipdub.pipeline", "lipdub.jobs.runner", "torch", "cv2", "mediapipe", "av"):
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the render itself will report a real problem
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="lipdub.jobs.child")
-    ap.add_argument("--job", required=True)
-    ap.add_argument("--token", required=True)
+    ap.add_argument("--job")
+    ap.add_argument("--token")
+    ap.add_argument("--standby", action="store_true",
+                    help="import everything now, then read {job, token, log} as one JSON line on stdin")
     ap.add_argument("--db", required=True)
     ap.add_argument("--storage", required=True)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--parent", type=int, default=os.getppid())
     args = ap.parse_args(argv)
     _die_with_parent(args.parent)
+    if args.standby:
+        _warm_up(args.device)
+        line = sys.stdin.readline()
+        if not line.strip():
+            return 0  # the server stopped before it had a job for us
+        order = json.loads(line)
+        args.job, args.token = order["job"], order["token"]
+        # From here on everything this process prints goes to the job's log, as for a cold child.
+        fd = os.open(order["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    if not args.job or not args.token:
+        ap.error("--job and --token are required (or --standby)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(levelname)s] %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr, force=True)
     for noisy in ("matplotlib", "PIL", "urllib3", "httpx", "absl", "jax"):

@@ -9,6 +9,7 @@ is also how a Celery worker on another machine will report (it calls :func:`run_
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -153,7 +154,7 @@ class LocalDispatcher:
 
     def __init__(self, store: JobStore, storage: Storage, *, workers: int = 1, device: str = "auto",
                  devices: list[str] | None = None, poll_s: float = 1.0,
-                 child_cmd: Callable[[str, str, str], list[str]] | None = None) -> None:
+                 child_cmd: Callable[[str, str, str], list[str]] | None = None, prewarm: bool = True) -> None:
         self.store = store
         self.storage = storage
         self.workers = max(1, workers)
@@ -161,6 +162,9 @@ class LocalDispatcher:
         self.devices = devices or [device]
         self.poll_s = poll_s
         self._child_cmd = child_cmd or self._default_cmd
+        # Each worker keeps one render process started ahead of time, its imports (torch, mediapipe,
+        # ~7 s on a small CPU) done while the previous job renders; it still renders exactly one job.
+        self.prewarm = prewarm and child_cmd is None
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -170,6 +174,38 @@ class LocalDispatcher:
     def _default_cmd(self, job_id: str, token: str, device: str) -> list[str]:
         return [sys.executable, "-m", "lipdub.jobs.child", "--job", job_id, "--token", token, "--db",
                 self.store.url, "--storage", str(self.storage.root), "--device", device]
+
+    def _child_env(self) -> dict[str, str]:
+        # The child must import this very lipdub, even when it is not installed (a plain checkout).
+        pkg_root = str(Path(__file__).resolve().parents[2])
+        return dict(os.environ, PYTHONUNBUFFERED="1",
+                    PYTHONPATH=os.pathsep.join(p for p in (pkg_root, os.environ.get("PYTHONPATH", "")) if p))
+
+    def _spawn_standby(self, device: str) -> subprocess.Popen | None:
+        """A child that imports everything, then waits on stdin for the one job it will render."""
+        cmd = [sys.executable, "-m", "lipdub.jobs.child", "--standby", "--db", self.store.url, "--storage",
+               str(self.storage.root), "--device", device]
+        try:
+            return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    env=self._child_env(), start_new_session=True)
+        except OSError:
+            log.exception("Could not start a standby render process")
+            return None
+
+    @staticmethod
+    def _hand_over(spare: subprocess.Popen | None, job_id: str, token: str, log_path: Path) -> bool:
+        if spare is None or spare.poll() is not None or spare.stdin is None:
+            return False
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as logf:
+            _log_header(logf, warm=True)
+        try:
+            spare.stdin.write((json.dumps({"job": job_id, "token": token, "log": str(log_path)}) + "\n").encode())
+            spare.stdin.close()
+            return True
+        except OSError:  # it died meanwhile
+            _terminate(spare, grace=0.5)
+            return False
 
     def start(self) -> None:
         requeued = self.store.requeue_interrupted()
@@ -199,36 +235,53 @@ class LocalDispatcher:
     def _loop(self, index: int) -> None:
         name = f"{os.uname().nodename}:{os.getpid()}:w{index}"
         device = self.devices[index % len(self.devices)]
-        while not self._stopping.is_set():
-            try:
-                job = self.store.claim_next(name)
-            except Exception:  # the database may be briefly unavailable; never let the worker die
-                log.exception("Could not claim a job")
-                job = None
-            if job is None:
-                self._wake.wait(self.poll_s)
-                self._wake.clear()
-                continue
-            try:
-                self._run_child(job.id, job.run_token or "", device)
-            except Exception:
-                log.exception("Worker %d failed to run job %s", index, job.id)
-                self.store.finish(job.id, job.run_token, FAILED, error="The job could not be started.")
+        spare: subprocess.Popen | None = None
+        prewarm, deaths = self.prewarm, 0
+        try:
+            while not self._stopping.is_set():
+                if spare is not None and spare.poll() is not None:
+                    deaths += 1  # died before it was used: do not respawn it in a tight loop
+                    spare = None
+                    if deaths >= 3:
+                        prewarm = False
+                        log.warning("Standby render processes keep dying; starting one per job instead.")
+                if prewarm and spare is None:
+                    spare = self._spawn_standby(device)
+                try:
+                    job = self.store.claim_next(name)
+                except Exception:  # the database may be briefly unavailable; never let the worker die
+                    log.exception("Could not claim a job")
+                    job = None
+                if job is None:
+                    self._wake.wait(self.poll_s)
+                    self._wake.clear()
+                    continue
+                proc = None
+                if self._hand_over(spare, job.id, job.run_token or "", self.storage.log_path(job.id)):
+                    proc, spare = spare, None
+                    if prewarm:
+                        spare = self._spawn_standby(device)  # warms up while this job renders
+                try:
+                    self._run_child(job.id, job.run_token or "", device, proc)
+                except Exception:
+                    log.exception("Worker %d failed to run job %s", index, job.id)
+                    self.store.finish(job.id, job.run_token, FAILED, error="The job could not be started.")
+        finally:
+            if spare is not None and spare.poll() is None:
+                _terminate(spare, grace=1.0)
 
-    def _run_child(self, job_id: str, token: str, device: str) -> None:
+    def _run_child(self, job_id: str, token: str, device: str, proc: subprocess.Popen | None = None) -> None:
+        """Run (or, given a standby ``proc`` already handed the job, watch) the render of one job."""
         log_path = self.storage.log_path(job_id)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.storage.result_path(job_id).unlink(missing_ok=True)  # a retried job starts clean
-        # The child must import this very lipdub, even when it is not installed (a plain checkout).
-        pkg_root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ, PYTHONUNBUFFERED="1",
-                   PYTHONPATH=os.pathsep.join(p for p in (pkg_root, os.environ.get("PYTHONPATH", "")) if p))
-        with open(log_path, "ab") as logf:
-            logf.write(f"---- attempt started {time.strftime('%Y-%m-%d %H:%M:%S')} ----\n".encode())
-            logf.flush()
-            # A new session: Ctrl-C in the server's terminal must not kill renders behind its back.
-            proc = subprocess.Popen(self._child_cmd(job_id, token, device), stdout=logf, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        if proc is None:
+            with open(log_path, "ab") as logf:
+                _log_header(logf, warm=False)
+                # A new session: Ctrl-C in the server's terminal must not kill renders behind its back.
+                proc = subprocess.Popen(self._child_cmd(job_id, token, device), stdout=logf,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._child_env(),
+                                        start_new_session=True)
         with self._lock:
             self._procs[job_id] = proc
         log.info("Job %s started (pid %d).", job_id, proc.pid)
@@ -237,7 +290,11 @@ class LocalDispatcher:
             while proc.poll() is None:
                 time.sleep(0.5)
                 if self._stopping.is_set():
+                    # Shutting down is not cancelling: put the job back first (which also voids
+                    # this attempt's token, so the child cannot record "cancelled"), then stop it.
                     stopping = True
+                    if self.store.requeue(job_id, token, "re-queued: the server was shut down"):
+                        log.info("Job %s re-queued for the next start.", job_id)
                     _terminate(proc, grace=2.0)
                     break
                 now = self.store.get(job_id)
@@ -258,7 +315,6 @@ class LocalDispatcher:
             return  # the child recorded the outcome (or the job was deleted meanwhile)
         if stopping:
             self.store.requeue(job_id, token, "re-queued: the server was shut down")
-            log.info("Job %s re-queued for the next start.", job_id)
         elif cancelled or job.cancel_requested:
             self.store.finish(job_id, token, CANCELLED)
             log.info("Job %s cancelled.", job_id)
@@ -270,6 +326,12 @@ class LocalDispatcher:
             with open(log_path, "a") as f:
                 f.write(f"[ERROR] {error}\n")
             log.warning("Job %s failed: %s", job_id, error)
+
+
+def _log_header(logf, warm: bool) -> None:  # noqa: ANN001 - binary file
+    extra = " (warm process)" if warm else ""
+    logf.write(f"---- attempt started {time.strftime('%Y-%m-%d %H:%M:%S')}{extra} ----\n".encode())
+    logf.flush()
 
 
 def _terminate(proc: subprocess.Popen, grace: float) -> None:
