@@ -102,8 +102,7 @@ def warp_piecewise_affine(img: np.ndarray, src: np.ndarray, dst: np.ndarray, reg
     """
     h, w = img.shape[:2]
     poly = cv2.convexHull(region.astype(np.float32)).reshape(-1, 2)
-    inside = cv2.pointPolygonTest
-    keep = np.array([inside(poly, (float(x), float(y)), False) > 0 for x, y in src])
+    keep = _inside(poly, src)
     # Fixed anchors: the outline, densified, so nothing outside the region moves.
     anchors = _densify(poly, step=max(4.0, min(h, w) / 40))
     s = np.concatenate([src[keep], anchors]).astype(np.float64)
@@ -119,12 +118,8 @@ def warp_piecewise_affine(img: np.ndarray, src: np.ndarray, dst: np.ndarray, reg
     pts = np.stack([px.ravel(), py.ravel()], 1)
     simplex = tri.find_simplex(pts)
     ok = simplex >= 0
-    t = tri.transform[simplex[ok]]
-    b2 = np.einsum("nij,nj->ni", t[:, :2], pts[ok] - t[:, 2])
-    bary = np.concatenate([b2, 1 - b2.sum(1, keepdims=True)], 1)
-    verts = tri.simplices[simplex[ok]]
     mapped = pts.copy()
-    mapped[ok] = np.einsum("ni,nij->nj", bary, s[verts])
+    mapped[ok] = _barycentric_map(d, s, tri.simplices, simplex[ok], pts[ok])
     map_x = mapped[:, 0].reshape(px.shape).astype(np.float32)
     map_y = mapped[:, 1].reshape(px.shape).astype(np.float32)
     bw, bh = x1 - x0 + 1, y1 - y0 + 1
@@ -138,6 +133,32 @@ def warp_piecewise_affine(img: np.ndarray, src: np.ndarray, dst: np.ndarray, reg
     out = img.copy()
     out[y0 : y1 + 1, x0 : x1 + 1] = cv2.remap(img, full_x, full_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return out
+
+
+def _inside(poly: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Which points lie strictly inside a convex polygon (vectorised half-plane test)."""
+    edges = np.roll(poly, -1, 0) - poly
+    rel = pts[:, None, :] - poly[None, :, :]
+    cross = edges[None, :, 0] * rel[..., 1] - edges[None, :, 1] * rel[..., 0]
+    return (cross > 0).all(1) | (cross < 0).all(1)
+
+
+def _barycentric_map(dst: np.ndarray, src: np.ndarray, simplices: np.ndarray, which: np.ndarray,
+                     pts: np.ndarray) -> np.ndarray:
+    """Map ``pts`` (inside triangles ``which`` of the destination mesh) to the source mesh.
+
+    Closed-form 2x2 inverses instead of scipy's Delaunay.transform, whose lazy LAPACK set-up
+    costs up to hundreds of milliseconds on a loaded machine.
+    """
+    tri = simplices[which]
+    a, b, c = dst[tri[:, 0]], dst[tri[:, 1]], dst[tri[:, 2]]
+    v0, v1, v2 = b - a, c - a, pts - a
+    det = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
+    det = np.where(np.abs(det) < 1e-9, 1e-9, det)
+    wb = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / det
+    wc = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / det
+    wa = 1.0 - wb - wc
+    return wa[:, None] * src[tri[:, 0]] + wb[:, None] * src[tri[:, 1]] + wc[:, None] * src[tri[:, 2]]
 
 
 def _densify(poly: np.ndarray, step: float) -> np.ndarray:

@@ -1,0 +1,57 @@
+"""Face analysis on real templates: tracking window, smoothing, main face, avatar cache."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+from conftest import media, needs_media
+
+from lipdub.face.analyse import analyse_template
+from lipdub.face.landmarks import FaceMesh, inter_ocular
+from lipdub.face.tracking import OneEuroFilter, choose_main_face
+from lipdub.media.decode import VideoDecoder
+from lipdub.media.frames import to_rgb
+from lipdub.media.probe import probe
+
+pytestmark = needs_media
+
+
+def test_tracked_landmarks_agree_with_whole_frame_detection(tmp_path) -> None:
+    info = probe(media("map_talk_844.mp4"))
+    avatar = analyse_template(info, info.fps, tmp_path)
+    assert avatar.found.all() and avatar.landmarks.shape[1:] == (478, 2)
+    frames = list(VideoDecoder(info, info.fps).frames(0, 40))
+    with FaceMesh(track=False) as mesh:
+        for k in (5, 20, 39):
+            ref = mesh.detect(to_rgb(frames[k][1])[0])[0]
+            err = np.linalg.norm(avatar.landmarks[k] - ref, axis=1).mean()
+            assert err < 0.06 * float(inter_ocular(ref)), f"frame {k}: {err:.1f} px off"
+
+
+def test_avatar_cache_is_reused(tmp_path) -> None:
+    info = probe(media("portrait_474.png"))
+    first = analyse_template(info, Fraction(25), tmp_path)
+    assert first.kind == "image" and first.n_frames == 1 and first.found.all()
+    second = analyse_template(info, Fraction(25), tmp_path)
+    assert np.array_equal(first.landmarks, second.landmarks) and second.cache_dir == first.cache_dir
+
+
+def test_one_euro_smooths_jitter_without_lag() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.random((478, 2)).astype(np.float32) * 100
+    f = OneEuroFilter(25.0)
+    still = [f(base + rng.normal(0, 0.8, base.shape).astype(np.float32)) for _ in range(50)]
+    assert np.std(np.array(still[10:]) - base) < 0.5  # jitter damped
+    f.reset()
+    moving = [f(base + [4.0 * i, 0]) for i in range(30)]
+    lag = 4.0 * 29 - float((moving[-1] - base)[:, 0].mean())
+    assert lag < 8.0  # a face moving 4 px per frame is followed within two frames
+
+
+def test_main_face_is_largest_and_central_then_kept() -> None:
+    small = np.array([[10, 10], [30, 30]], np.float32).repeat(239, 0)[:478]
+    big = np.array([[300, 200], [500, 420]], np.float32).repeat(239, 0)[:478]
+    assert choose_main_face([small, big], (800, 600), None) is big
+    moved = big + 5
+    assert choose_main_face([small, moved], (800, 600), big) is moved
