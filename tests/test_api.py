@@ -70,6 +70,10 @@ def test_validation_happens_before_anything_is_queued(client, media):
     assert r.status_code == 422 and "limit is 30 s" in r.json()["detail"]
     r = client.post("/api/v1/jobs", files=_files(audio=media["audio"]))
     assert r.status_code == 422
+    r = client.post("/api/v1/jobs", files=_files(audio=media["audio"], face=media["photo"]), data={"engine": "nope"})
+    assert r.status_code == 422 and "Unknown engine 'nope'" in r.json()["detail"]
+    r = client.post("/api/v1/jobs", files=_files(audio=media["audio"], face=media["photo"]), data={"quality": "max"})
+    assert r.status_code == 422 and r.json()["field"] == "quality"
     assert client.get("/api/v1/jobs").json()["total"] == before
     assert client.get("/api/v1/jobs/nope").status_code == 404
 

@@ -102,6 +102,18 @@ def check_option(value: str | None, name: str) -> str | None:
     return str(value)
 
 
+def engine_names() -> list[str]:
+    from lipdub.render import ENGINES
+
+    return ["auto", *ENGINES]
+
+
+def quality_names() -> list[str]:
+    from lipdub.media.encode import QUALITIES
+
+    return list(QUALITIES)
+
+
 class Studio:
     """Owns the store, the storage and the dispatcher of one server."""
 
@@ -205,10 +217,16 @@ class Studio:
     # -- jobs ------------------------------------------------------------------------------------
 
     def _options(self, engine: str | None, quality: str | None) -> dict[str, Any]:
+        """Check engine and quality names now, not minutes later in the render."""
         opts: dict[str, Any] = {}
         if (e := check_option(engine, "engine")) is not None:
+            if e not in engine_names():
+                raise ValidationError(f"Unknown engine '{e}'; use one of: {', '.join(engine_names())}.", "engine")
             opts["engine"] = e
         if (q := check_option(quality, "quality")) is not None:
+            if q not in quality_names():
+                raise ValidationError(f"Unknown quality '{q}'; use one of: {', '.join(quality_names())}.",
+                                      "quality")
             opts["quality"] = q
         return opts
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import gradio as gr
 
-from lipdub.jobs.service import AUDIO, FACE, Studio, ValidationError, check_media
+from lipdub.jobs.service import AUDIO, FACE, Studio, ValidationError, check_media, engine_names, quality_names
 from lipdub.jobs.store import DONE, FINISHED, Job
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 POLL_S = 1.0
 AUDIO_TYPES = [".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus", ".mp4", ".mov", ".webm"]
 FACE_TYPES = ["video", "image"]
-QUALITIES = ["fast", "balanced", "best"]
 PAGE_SIZE = 12
 
 CSS = """
@@ -130,7 +129,9 @@ def _single_tab(studio: Studio) -> None:
                 audio_msg = gr.Markdown(elem_id="single-audio-msg")
                 face = gr.File(label="Face (video or photo)", file_types=FACE_TYPES, elem_id="single-face")
                 face_msg = gr.Markdown(elem_id="single-face-msg")
-                quality = gr.Radio(QUALITIES, value="balanced", label="Quality")
+                with gr.Row():
+                    quality = gr.Radio(quality_names(), value="balanced", label="Quality")
+                    engine = gr.Dropdown(engine_names(), value="auto", label="Engine")
                 go = gr.Button("Generate", variant="primary", elem_id="single-generate")
             with gr.Column():
                 status = gr.Markdown("No job yet.", elem_id="single-status")
@@ -141,7 +142,7 @@ def _single_tab(studio: Studio) -> None:
         audio.change(lambda p: _describe(_first(p), AUDIO, studio), audio, audio_msg)
         face.change(lambda p: _describe(_first(p), FACE, studio), face, face_msg)
 
-        def run(a: Any, f: Any, q: str) -> Iterator[tuple[str, str, str]]:
+        def run(a: Any, f: Any, q: str, e: str) -> Iterator[tuple[str, str, str]]:
             a_path, f_path = _first(a), _first(f)
             if not a_path or not f_path:
                 yield "**Refused:** Pick a speech file and a face video or photo first.", "", ""
@@ -149,13 +150,13 @@ def _single_tab(studio: Studio) -> None:
             try:
                 up_a = studio.add_upload_path(a_path, AUDIO)
                 up_f = studio.add_upload_path(f_path, FACE)
-                job = studio.submit(up_a, up_f, quality=q)
+                job = studio.submit(up_a, up_f, quality=q, engine=e)
             except ValidationError as e:
                 yield f"**Refused:** {e}", "", ""
                 return
             yield from _follow(studio, job.id)
 
-        go.click(run, [audio, face, quality], [status, player, log_box], concurrency_limit=None)
+        go.click(run, [audio, face, quality, engine], [status, player, log_box], concurrency_limit=None)
 
 
 def _first(files: Any) -> str | None:
@@ -205,7 +206,9 @@ def _batch_tab(studio: Studio) -> None:
                 faces = gr.File(label="Face video(s) or photo(s)", file_count="multiple", file_types=FACE_TYPES,
                                 elem_id="batch-faces")
                 check = gr.Markdown(elem_id="batch-check")
-                quality = gr.Radio(QUALITIES, value="balanced", label="Quality")
+                with gr.Row():
+                    quality = gr.Radio(quality_names(), value="balanced", label="Quality")
+                    engine = gr.Dropdown(engine_names(), value="auto", label="Engine")
                 go = gr.Button("Generate batch", variant="primary", elem_id="batch-generate")
             with gr.Column():
                 status = gr.Markdown("No batch yet.", elem_id="batch-status")
@@ -225,7 +228,7 @@ def _batch_tab(studio: Studio) -> None:
         audios.change(describe, [audios, faces], check)
         faces.change(describe, [audios, faces], check)
 
-        def run(a: Any, f: Any, q: str) -> Iterator[tuple[str, Any, str]]:
+        def run(a: Any, f: Any, q: str, e: str) -> Iterator[tuple[str, Any, str]]:
             pa, pf = _paths(a), _paths(f)
             try:
                 if not pa or not pf:
@@ -234,7 +237,7 @@ def _batch_tab(studio: Studio) -> None:
                     raise ValidationError("Use one speech with many faces, or many speeches with one face.")
                 ups_a = [studio.add_upload_path(p, AUDIO) for p in pa]
                 ups_f = [studio.add_upload_path(p, FACE) for p in pf]
-                batch_id, _jobs = studio.submit_batch(ups_a, ups_f, quality=q)
+                batch_id, _jobs = studio.submit_batch(ups_a, ups_f, quality=q, engine=e)
             except ValidationError as e:
                 yield f"**Refused:** {e}", None, ""
                 return
@@ -245,7 +248,7 @@ def _batch_tab(studio: Studio) -> None:
                     return
                 time.sleep(POLL_S)
 
-        go.click(run, [audios, faces, quality], [status, table, grid], concurrency_limit=None)
+        go.click(run, [audios, faces, quality, engine], [status, table, grid], concurrency_limit=None)
 
 
 def _batch_status(batch_id: str, jobs: list[Job]) -> str:
