@@ -107,7 +107,8 @@ def _paths(files: Any) -> list[str]:
 
 
 def build_ui(studio: Studio) -> gr.Blocks:
-    with gr.Blocks(title="lipdub studio", analytics_enabled=False) as demo:
+    # delete_cache: Gradio keeps its own copy of every browser upload; ours are in the storage.
+    with gr.Blocks(title="lipdub studio", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as demo:
         gr.HTML(_banner(studio))
         with gr.Tabs():
             _single_tab(studio)
