@@ -322,7 +322,8 @@ def _history_tab(studio: Studio, demo: gr.Blocks) -> None:
             batches = [(f"{b} ({mode}, {n} jobs, {t:%Y-%m-%d %H:%M})", b) for b, mode, t, n in studio.store.list_batches()]
             return (p, f"Page {p} of {pages} · {total} job(s)", thumbs, rows,
                     gr.update(choices=ids, value=ids[0] if ids else None), gr.update(choices=ids, value=[]),
-                    gr.update(choices=batches, value=None), [j.id for j in done], _usage(studio))
+                    gr.update(choices=batches, value=batches[0][1] if batches else None), [j.id for j in done],
+                    _usage(studio))
 
         outs = [page, page_info, gallery, table, job_pick, selection, batch_pick, page_state, usage]
         refresh.click(load, page, outs)
