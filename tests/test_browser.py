@@ -94,6 +94,7 @@ def test_browser_single_batch_history(browser_page, tmp_path):
         assert page.evaluate(PLAYS, "#history-player video") > 0
         assert "Done" in page.locator("#history-log textarea").input_value()
         assert "Disk:" in page.locator("#history-usage").inner_text()
+        page.locator("#history-batch-zip a", has_text="as zip").wait_for(timeout=30_000)
         page.screenshot(path=str(SHOTS / "history.png"), full_page=True)
     finally:
         server.stop()

@@ -302,7 +302,7 @@ def _history_tab(studio: Studio, demo: gr.Blocks) -> None:
                     del_sel_btn = gr.Button("Delete selected", variant="stop", size="sm")
                 zip_link = gr.Markdown(elem_id="history-zip")
                 batch_pick = gr.Dropdown(label="Batch", choices=[], elem_id="history-batch")
-                batch_link = gr.Markdown()
+                batch_link = gr.Markdown(elem_id="history-batch-zip")
 
         page_state = gr.State([])  # the ids shown in the gallery, in order
 
