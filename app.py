@@ -1,0 +1,33 @@
+"""Start the lipdub studio: ``python app.py --port 7860 --device auto``, then open http://127.0.0.1:7860."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="lipdub studio: web UI, REST API (/api/v1, /docs) and job queue.")
+    ap.add_argument("--port", type=int, default=7860)
+    ap.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    ap.add_argument("--workers", type=int, default=0, help="render processes at once (0: from the device)")
+    ap.add_argument("--data-dir", type=Path, default=Path("data"), help="database, uploads, results, logs")
+    ap.add_argument("--retention-days", type=float, default=0.0, help="delete finished jobs after N days (0: never)")
+    ap.add_argument("--max-upload-mb", type=float, default=1024.0)
+    ap.add_argument("--max-duration", type=float, default=600.0, help="longest audio/template accepted, seconds")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+
+    from lipdub.cli import setup_logging
+    from lipdub.jobs.service import Settings
+    from lipdub.web.app import serve
+
+    setup_logging(args.verbose)
+    serve(Settings(data_dir=args.data_dir, device=args.device, workers=args.workers or None, host=args.host,
+                   port=args.port, retention_days=args.retention_days, max_upload_mb=args.max_upload_mb,
+                   max_duration_s=args.max_duration))
+
+
+if __name__ == "__main__":
+    main()

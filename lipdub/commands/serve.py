@@ -1,0 +1,30 @@
+"""``lipdub serve``: the studio (web UI, REST API and job queue)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("serve")
+    def serve_cmd(
+        port: int = typer.Option(7860, help="TCP port."),
+        host: str = typer.Option("127.0.0.1", help="Address to bind; loopback by default."),
+        device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+        workers: int = typer.Option(0, help="Render processes at once; 0: one per GPU, or cores/2 on CPU."),
+        data_dir: Path = typer.Option(Path("data"), help="Database, uploads, results and logs."),
+        retention_days: float = typer.Option(0.0, help="Delete finished jobs older than this; 0 keeps them."),
+        max_upload_mb: float = typer.Option(1024.0, help="Largest accepted upload."),
+        max_duration: float = typer.Option(600.0, help="Longest accepted audio or template video, seconds."),
+        verbose: bool = typer.Option(False, "--verbose", "-v"),
+    ) -> None:
+        """Serve the web studio and the REST API (/api/v1, docs at /docs)."""
+        from lipdub.cli import setup_logging
+        from lipdub.jobs.service import Settings
+        from lipdub.web.app import serve
+
+        setup_logging(verbose)
+        serve(Settings(data_dir=data_dir, device=device, workers=workers or None, host=host, port=port,
+                       retention_days=retention_days, max_upload_mb=max_upload_mb, max_duration_s=max_duration))

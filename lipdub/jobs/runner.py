@@ -1,0 +1,349 @@
+"""Running jobs: :func:`run_job` renders one job; :class:`LocalDispatcher` feeds a pool of render
+processes from the store.
+
+Each render runs in its own child process (``python -m lipdub.jobs.child``), never in the server: a
+crash, an out-of-memory kill or a hung model only fails that job, cancelling it terminates the
+child, and the server keeps serving. The child reports progress straight into the job store, which
+is also how a Celery worker on another machine will report (it calls :func:`run_job` the same way).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from lipdub.jobs.storage import Storage
+from lipdub.jobs.store import CANCELLED, DONE, FAILED, RUNNING, JobStore
+
+log = logging.getLogger(__name__)
+
+# Progress is written to the database at most this often (plus on every stage change).
+PROGRESS_INTERVAL_S = 0.5
+# How long a cancelled child gets to stop on SIGTERM before it is killed.
+TERMINATE_GRACE_S = 5.0
+
+
+def run_job(job_id: str, store: JobStore, storage: Storage, *, token: str, device: str = "auto",
+            cancel: threading.Event | None = None) -> str:
+    """Render one claimed job and record its outcome; returns the final status.
+
+    ``token`` is the run token handed out by :meth:`JobStore.claim_next`; every write is guarded by
+    it, so an attempt that lost the job (the server restarted and re-queued it) cannot overwrite
+    the attempt that owns it now.
+    """
+    import lipdub
+    from lipdub.errors import LipdubError
+
+    job = store.get(job_id)
+    if job is None:
+        log.error("Job %s does not exist.", job_id)
+        return FAILED
+    cancel = cancel or threading.Event()
+    opts = job.options or {}
+    audio = storage.upload_path(job.audio_key)
+    face = storage.upload_path(job.face_key)
+    out_dir = storage.job_dir(job_id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = out_dir / "result.partial.mp4"
+    log.info("Job %s (attempt %d): audio %s, face %s, options %s", job_id, job.attempts, job.audio_name,
+             job.face_name, opts)
+
+    last = {"t": 0.0, "stage": "", "check": 0.0}
+
+    def on_progress(p: Any) -> None:
+        now = time.monotonic()
+        if p.stage == last["stage"] and now - last["t"] < PROGRESS_INTERVAL_S:
+            return
+        last["t"], last["stage"] = now, p.stage
+        if not store.report_progress(job_id, token, p.stage, float(p.fraction), p.message or ""):
+            log.warning("Job %s is no longer owned by this attempt; stopping.", job_id)
+            cancel.set()
+        elif now - last["check"] > 1.0:
+            last["check"] = now
+            if store.is_cancel_requested(job_id):
+                log.info("Cancel requested.")
+                cancel.set()
+
+    store.report_progress(job_id, token, "starting", 0.0, "loading models")
+    ok = False
+    try:
+        result = lipdub.generate(audio, face, partial, device=device, engine=opts.get("engine") or "auto",
+                                 quality=opts.get("quality") or "balanced", fps=opts.get("fps"),
+                                 text=opts.get("text"), progress=on_progress, cancel=cancel)
+        ok = True
+    except Exception as e:
+        from lipdub.pipeline import Cancelled
+
+        if isinstance(e, Cancelled) or cancel.is_set():
+            log.info("Cancelled.")
+            store.finish(job_id, token, CANCELLED)
+            return CANCELLED
+        if isinstance(e, LipdubError):
+            log.error("%s", e)
+            store.finish(job_id, token, FAILED, error=str(e))
+            return FAILED
+        log.exception("The render failed")
+        store.finish(job_id, token, FAILED, error=f"Internal error while rendering: {type(e).__name__}: {e}")
+        return FAILED
+    finally:
+        if not ok:
+            partial.unlink(missing_ok=True)
+    final = storage.result_path(job_id)
+    os.replace(result.output if Path(result.output).exists() else partial, final)
+    _thumbnail(final, storage.thumbnail_path(job_id))
+    info = {"frames": int(result.frames), "fps": float(result.fps), "duration": float(result.duration),
+            "device": str(result.device), "engine": str(result.engine), "seconds": float(result.seconds),
+            "faces_missing": int(result.faces_missing), "bytes": final.stat().st_size}
+    if store.finish(job_id, token, DONE, result=info):
+        log.info("Done: %d frames, %.2f s of video in %.1f s on %s.", info["frames"], info["duration"],
+                 info["seconds"], info["device"])
+        return DONE
+    log.warning("Job %s finished, but another attempt owns it now.", job_id)
+    now = store.get(job_id)
+    return now.status if now else FAILED
+
+
+def _thumbnail(video: Path, out: Path, size: int = 256) -> None:
+    """First frame as a small JPEG for the history; a missing thumbnail is not an error."""
+    try:
+        import av
+
+        with av.open(str(video)) as c:
+            frame = next(c.decode(video=0))
+            img = frame.to_image()
+        img.thumbnail((size, size))
+        img.save(out, "JPEG", quality=85)
+    except Exception as e:  # noqa: BLE001 - cosmetic
+        log.warning("No thumbnail for %s: %s", video, e)
+
+
+class Dispatcher(Protocol):
+    """Gets queued jobs rendered. The local one runs child processes; a Celery one sends tasks."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def notify(self) -> None: ...
+    def busy(self) -> int: ...
+
+
+def default_workers(device: Any) -> int:
+    """One render process per GPU; on the CPU one per two cores (a render uses several threads)."""
+    if getattr(device, "kind", "cpu") == "cuda":
+        try:
+            import torch
+
+            return max(1, torch.cuda.device_count())
+        except Exception:  # noqa: BLE001
+            return 1
+    from lipdub.device import cpu_count
+
+    return max(1, cpu_count() // 2)
+
+
+class LocalDispatcher:
+    """A pool of worker threads in the server, each running one render child at a time."""
+
+    def __init__(self, store: JobStore, storage: Storage, *, workers: int = 1, device: str = "auto",
+                 devices: list[str] | None = None, poll_s: float = 1.0,
+                 child_cmd: Callable[[str, str, str], list[str]] | None = None, prewarm: bool = True) -> None:
+        self.store = store
+        self.storage = storage
+        self.workers = max(1, workers)
+        # Worker i renders on devices[i % len(devices)] (one GPU each); else all on `device`.
+        self.devices = devices or [device]
+        self.poll_s = poll_s
+        self._child_cmd = child_cmd or self._default_cmd
+        # Each worker keeps one render process started ahead of time, its imports (torch, mediapipe,
+        # ~7 s on a small CPU) done while the previous job renders; it still renders exactly one job.
+        self.prewarm = prewarm and child_cmd is None
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+
+    def _default_cmd(self, job_id: str, token: str, device: str) -> list[str]:
+        return [sys.executable, "-m", "lipdub.jobs.child", "--job", job_id, "--token", token, "--db",
+                self.store.url, "--storage", str(self.storage.root), "--device", device]
+
+    def _child_env(self) -> dict[str, str]:
+        # The child must import this very lipdub, even when it is not installed (a plain checkout).
+        pkg_root = str(Path(__file__).resolve().parents[2])
+        return dict(os.environ, PYTHONUNBUFFERED="1",
+                    PYTHONPATH=os.pathsep.join(p for p in (pkg_root, os.environ.get("PYTHONPATH", "")) if p))
+
+    def _spawn_standby(self, device: str) -> subprocess.Popen | None:
+        """A child that imports everything, then waits on stdin for the one job it will render."""
+        cmd = [sys.executable, "-m", "lipdub.jobs.child", "--standby", "--db", self.store.url, "--storage",
+               str(self.storage.root), "--device", device]
+        try:
+            return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    env=self._child_env(), start_new_session=True)
+        except OSError:
+            log.exception("Could not start a standby render process")
+            return None
+
+    @staticmethod
+    def _hand_over(spare: subprocess.Popen | None, job_id: str, token: str, log_path: Path) -> bool:
+        if spare is None or spare.poll() is not None or spare.stdin is None:
+            return False
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as logf:
+            _log_header(logf, warm=True)
+        try:
+            spare.stdin.write((json.dumps({"job": job_id, "token": token, "log": str(log_path)}) + "\n").encode())
+            spare.stdin.close()
+            return True
+        except OSError:  # it died meanwhile
+            _terminate(spare, grace=0.5)
+            return False
+
+    def start(self) -> None:
+        requeued = self.store.requeue_interrupted()
+        if requeued:
+            log.info("Re-queued %d job(s) interrupted by the last shutdown: %s", len(requeued), ", ".join(requeued))
+        for i in range(self.workers):
+            t = threading.Thread(target=self._loop, args=(i,), name=f"lipdub-worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        log.info("Started %d render worker(s).", self.workers)
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def busy(self) -> int:
+        with self._lock:
+            return len(self._procs)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop taking jobs; running renders are terminated and go back to the queue."""
+        self._stopping.set()
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.1, deadline - time.monotonic()))
+
+    def _loop(self, index: int) -> None:
+        name = f"{os.uname().nodename}:{os.getpid()}:w{index}"
+        device = self.devices[index % len(self.devices)]
+        spare: subprocess.Popen | None = None
+        prewarm, deaths = self.prewarm, 0
+        try:
+            while not self._stopping.is_set():
+                if spare is not None and spare.poll() is not None:
+                    deaths += 1  # died before it was used: do not respawn it in a tight loop
+                    spare = None
+                    if deaths >= 3:
+                        prewarm = False
+                        log.warning("Standby render processes keep dying; starting one per job instead.")
+                if prewarm and spare is None:
+                    spare = self._spawn_standby(device)
+                try:
+                    job = self.store.claim_next(name)
+                except Exception:  # the database may be briefly unavailable; never let the worker die
+                    log.exception("Could not claim a job")
+                    job = None
+                if job is None:
+                    self._wake.wait(self.poll_s)
+                    self._wake.clear()
+                    continue
+                proc = None
+                if self._hand_over(spare, job.id, job.run_token or "", self.storage.log_path(job.id)):
+                    proc, spare = spare, None
+                    if prewarm:
+                        spare = self._spawn_standby(device)  # warms up while this job renders
+                try:
+                    self._run_child(job.id, job.run_token or "", device, proc)
+                except Exception:
+                    log.exception("Worker %d failed to run job %s", index, job.id)
+                    self.store.finish(job.id, job.run_token, FAILED, error="The job could not be started.")
+        finally:
+            if spare is not None and spare.poll() is None:
+                _terminate(spare, grace=1.0)
+
+    def _run_child(self, job_id: str, token: str, device: str, proc: subprocess.Popen | None = None) -> None:
+        """Run (or, given a standby ``proc`` already handed the job, watch) the render of one job."""
+        log_path = self.storage.log_path(job_id)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.storage.result_path(job_id).unlink(missing_ok=True)  # a retried job starts clean
+        if proc is None:
+            with open(log_path, "ab") as logf:
+                _log_header(logf, warm=False)
+                # A new session: Ctrl-C in the server's terminal must not kill renders behind its back.
+                proc = subprocess.Popen(self._child_cmd(job_id, token, device), stdout=logf,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._child_env(),
+                                        start_new_session=True)
+        with self._lock:
+            self._procs[job_id] = proc
+        log.info("Job %s started (pid %d).", job_id, proc.pid)
+        cancelled = stopping = False
+        try:
+            while proc.poll() is None:
+                time.sleep(0.5)
+                if self._stopping.is_set():
+                    # Shutting down is not cancelling: put the job back first (which also voids
+                    # this attempt's token, so the child cannot record "cancelled"), then stop it.
+                    stopping = True
+                    if self.store.requeue(job_id, token, "re-queued: the server was shut down"):
+                        log.info("Job %s re-queued for the next start.", job_id)
+                    _terminate(proc, grace=2.0)
+                    break
+                now = self.store.get(job_id)
+                if not cancelled and (now is None or now.cancel_requested):
+                    cancelled = True  # cancelled, or deleted while running
+                    log.info("Cancelling job %s.", job_id)
+                    _terminate(proc, grace=TERMINATE_GRACE_S)
+        finally:
+            with self._lock:
+                self._procs.pop(job_id, None)
+        code = proc.wait()
+        job = self.store.get(job_id)
+        if job is None:
+            self.storage.delete_job(job_id)  # deleted while it ran: drop what the child left behind
+            return
+        if job.status != RUNNING or job.run_token != token:
+            log.info("Job %s: %s.", job_id, job.status)
+            return  # the child recorded the outcome (or the job was deleted meanwhile)
+        if stopping:
+            self.store.requeue(job_id, token, "re-queued: the server was shut down")
+        elif cancelled or job.cancel_requested:
+            self.store.finish(job_id, token, CANCELLED)
+            log.info("Job %s cancelled.", job_id)
+        else:
+            why = (f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}")
+            hint = " (perhaps it ran out of memory)" if code == -signal.SIGKILL else ""
+            error = f"The render process stopped unexpectedly ({why}){hint}; see the job log."
+            self.store.finish(job_id, token, FAILED, error=error)
+            with open(log_path, "a") as f:
+                f.write(f"[ERROR] {error}\n")
+            log.warning("Job %s failed: %s", job_id, error)
+
+
+def _log_header(logf, warm: bool) -> None:  # noqa: ANN001 - binary file
+    extra = " (warm process)" if warm else ""
+    logf.write(f"---- attempt started {time.strftime('%Y-%m-%d %H:%M:%S')}{extra} ----\n".encode())
+    logf.flush()
+
+
+def _terminate(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM (the child cancels cleanly), then SIGKILL for the whole process group after ``grace``."""
+    try:
+        proc.terminate()
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
+        proc.wait()
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,330 @@
+"""The studio's operations, shared by the REST API, the web UI and ``lipdub batch``: validate and
+store uploads, submit jobs and batches, cancel, delete, zip results, report disk usage, expire old jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+import threading
+import zipfile
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from lipdub.errors import InputError
+from lipdub.jobs.runner import Dispatcher, LocalDispatcher, default_workers
+from lipdub.jobs.storage import LocalStorage, UploadTooLarge
+from lipdub.jobs.store import DONE, FINISHED, RUNNING, Job, JobStore, sqlite_url, utcnow
+
+log = logging.getLogger(__name__)
+
+AUDIO, FACE = "audio", "face"
+_OPTION_RE = re.compile(r"^[a-zA-Z0-9_.:-]{1,32}$")
+
+
+@dataclass
+class Settings:
+    """Everything the studio is started with (``app.py`` / ``lipdub serve`` options)."""
+
+    data_dir: Path = field(default_factory=lambda: Path("data"))
+    device: str = "auto"
+    workers: int | None = None  # None: from the device
+    host: str = "127.0.0.1"
+    port: int = 7860
+    db_url: str | None = None  # None: SQLite (WAL) in the data dir
+    retention_days: float = 0.0  # 0: keep finished jobs forever
+    max_upload_mb: float = 1024.0
+    max_duration_s: float = 600.0  # longest audio or template video accepted
+    max_batch_items: int = 100
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or sqlite_url(Path(self.data_dir) / "lipdub.db")
+
+
+class ValidationError(InputError):
+    """An upload was refused before anything was queued; ``field`` names the form field."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Upload:
+    key: str
+    name: str
+    size: int
+    kind: str
+    duration: float
+
+
+def check_media(path: str | Path, role: str, *, name: str | None = None, max_duration_s: float = 600.0) -> Any:
+    """Probe a file by content and check it fits its role; raise :class:`ValidationError` with a
+    sentence the user can act on."""
+    from lipdub.media.probe import probe
+
+    name = name or Path(path).name
+    try:
+        info = probe(path)
+    except InputError as e:
+        # The stored file is named by its hash; say what the user called it.
+        msg = str(e).replace(str(path), name).replace(Path(path).name, name)
+        cut = msg.find(" (")
+        if cut != -1 and "/" in msg[cut:]:  # the decoder's detail names a server-side path: drop it
+            msg = msg[:cut].rstrip(".") + "."
+        raise ValidationError(msg if name in msg else f"{name}: {msg}", role) from e
+    if role == AUDIO:
+        if not info.has_audio:
+            raise ValidationError(f"{name} has no sound; give a speech recording (wav, mp3, m4a, ...) "
+                                  "or a video with a sound track.", role)
+        if info.duration <= 0.05:
+            raise ValidationError(f"{name} is too short to speak anything.", role)
+    else:
+        if info.kind not in ("video", "image"):
+            raise ValidationError(f"{name} is {info.kind}, not a video or photo of a face.", role)
+        if min(info.width, info.height) < 64:
+            raise ValidationError(f"{name} is only {info.width}x{info.height}; the face needs at least 64 "
+                                  "pixels per side.", role)
+    if info.duration > max_duration_s:
+        raise ValidationError(f"{name} lasts {info.duration:.0f} s; the limit is {max_duration_s:.0f} s.", role)
+    return info
+
+
+def check_option(value: str | None, name: str) -> str | None:
+    if value in (None, ""):
+        return None
+    if not _OPTION_RE.match(str(value)):
+        raise ValidationError(f"'{value}' is not a valid {name}.", name)
+    return str(value)
+
+
+def engine_names() -> list[str]:
+    from lipdub.render import ENGINES
+
+    return ["auto", *ENGINES]
+
+
+def quality_names() -> list[str]:
+    from lipdub.media.encode import QUALITIES
+
+    return list(QUALITIES)
+
+
+class Studio:
+    """Owns the store, the storage and the dispatcher of one server."""
+
+    def __init__(self, settings: Settings, *, dispatcher: Dispatcher | None = None,
+                 device_description: str | None = None, device_kind: str = "cpu") -> None:
+        self.settings = settings
+        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+        self.storage = LocalStorage(settings.data_dir)
+        self.store = JobStore(settings.database_url)
+        self.device_description = device_description or settings.device
+        self.device_kind = device_kind
+        self.dispatcher: Dispatcher = dispatcher or LocalDispatcher(
+            self.store, self.storage, workers=settings.workers or 1, device=settings.device)
+        self._retention_stop = threading.Event()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Studio:
+        """Pick the device (logging ``Using device: ...``) and size the worker pool from it."""
+        from lipdub.device import select_device
+
+        device = select_device(settings.device)
+        workers = settings.workers or default_workers(device)
+        devices = [settings.device]
+        if device.kind == "cuda" and not settings.workers:
+            devices = [f"cuda:{i}" for i in range(workers)]  # one worker per GPU
+        elif device.kind == "cpu":
+            devices = ["cpu"]
+        studio = cls(settings, device_description=device.describe(), device_kind=device.kind)
+        studio.dispatcher = LocalDispatcher(studio.store, studio.storage, workers=workers, devices=devices)
+        return studio
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for stale in (self.storage.root / "tmp").iterdir():  # half-written uploads and zips of a crash
+            stale.unlink(missing_ok=True)
+        self.dispatcher.start()
+        self.apply_retention()
+        if self.settings.retention_days > 0:
+            threading.Thread(target=self._retention_loop, daemon=True, name="lipdub-retention").start()
+
+    def stop(self) -> None:
+        self._retention_stop.set()
+        self.dispatcher.stop()
+        self.store.dispose()
+
+    def _retention_loop(self) -> None:
+        while not self._retention_stop.wait(3600):
+            try:
+                self.apply_retention()
+            except Exception:
+                log.exception("Retention pass failed")
+
+    def apply_retention(self) -> list[str]:
+        """Delete finished jobs (files and rows) older than ``retention_days``; 0 keeps everything.
+        Also drops uploads no job refers to (a request refused half-way) after an hour."""
+        for key in self.store.unreferenced_uploads(older_than=utcnow() - timedelta(hours=1)):
+            self._discard(key)
+        days = self.settings.retention_days
+        if days <= 0:
+            return []
+        expired = self.store.finished_before(utcnow() - timedelta(days=days))
+        for job_id in expired:
+            self.delete(job_id)
+        if expired:
+            log.info("Retention: deleted %d job(s) finished more than %g days ago.", len(expired), days)
+        return expired
+
+    # -- uploads ---------------------------------------------------------------------------------
+
+    def add_upload(self, stream: BinaryIO, filename: str, role: str) -> Upload:
+        """Store an upload by content hash and validate it; a refused upload leaves nothing behind."""
+        name = Path(filename or role).name[:200] or role
+        max_bytes = int(self.settings.max_upload_mb * 1024 * 1024)
+        try:
+            key, size = self.storage.put_upload(stream, name, max_bytes=max_bytes)
+        except UploadTooLarge as e:
+            raise ValidationError(f"{name} is larger than the {self.settings.max_upload_mb:g} MB limit.", role) from e
+        if size == 0:
+            self._discard(key)
+            raise ValidationError(f"{name} is empty (0 bytes).", role)
+        try:
+            info = check_media(self.storage.upload_path(key), role, name=name,
+                               max_duration_s=self.settings.max_duration_s)
+        except ValidationError:
+            self._discard(key)
+            raise
+        self.store.add_upload(key, name, size, info.kind, float(info.duration))
+        return Upload(key, name, size, info.kind, float(info.duration))
+
+    def add_upload_path(self, path: str | Path, role: str, name: str | None = None) -> Upload:
+        with open(path, "rb") as f:
+            return self.add_upload(f, name or Path(path).name, role)
+
+    def _discard(self, key: str) -> None:
+        # Only when no job refers to the same content (a job's upload is never lost).
+        if not self.store.upload_in_use(key):
+            self.store.remove_upload(key)
+            self.storage.delete_upload(key)
+
+    # -- jobs ------------------------------------------------------------------------------------
+
+    def _options(self, engine: str | None, quality: str | None) -> dict[str, Any]:
+        """Check engine and quality names now, not minutes later in the render."""
+        opts: dict[str, Any] = {}
+        if (e := check_option(engine, "engine")) is not None:
+            if e not in engine_names():
+                raise ValidationError(f"Unknown engine '{e}'; use one of: {', '.join(engine_names())}.", "engine")
+            opts["engine"] = e
+        if (q := check_option(quality, "quality")) is not None:
+            if q not in quality_names():
+                raise ValidationError(f"Unknown quality '{q}'; use one of: {', '.join(quality_names())}.",
+                                      "quality")
+            opts["quality"] = q
+        return opts
+
+    def submit(self, audio: Upload, face: Upload, *, engine: str | None = None, quality: str | None = None) -> Job:
+        job = self.store.create_job(audio.key, face.key, audio_name=audio.name, face_name=face.name,
+                                    options=self._options(engine, quality))
+        log.info("Job %s queued: %s + %s", job.id, audio.name, face.name)
+        self.dispatcher.notify()
+        return job
+
+    def submit_batch(self, audios: list[Upload], faces: list[Upload], *, engine: str | None = None,
+                     quality: str | None = None) -> tuple[str, list[Job]]:
+        """One audio x many faces, or many audios x one face."""
+        if not audios or not faces:
+            raise ValidationError("A batch needs at least one audio and one face.", "audio" if not audios else "face")
+        if len(audios) > 1 and len(faces) > 1:
+            raise ValidationError("A batch is one audio with many faces, or many audios with one face.", "faces")
+        mode = "faces" if len(audios) == 1 else "audios"
+        pairs = [(a, f) for a in audios for f in faces]
+        if len(pairs) > self.settings.max_batch_items:
+            raise ValidationError(f"A batch holds at most {self.settings.max_batch_items} items.", mode)
+        items = [(a.key, f.key, a.name, f.name) for a, f in pairs]
+        batch_id, jobs = self.store.create_batch(mode, items, self._options(engine, quality))
+        log.info("Batch %s queued: %d job(s).", batch_id, len(jobs))
+        self.dispatcher.notify()
+        return batch_id, jobs
+
+    def cancel(self, job_id: str) -> Job | None:
+        return self.store.request_cancel(job_id)
+
+    def delete(self, job_id: str) -> Job | None:
+        """Delete a job, its files and the uploads no other job uses (cancelling it first if running)."""
+        job = self.store.get(job_id)
+        if job is None:
+            return None
+        if job.status == RUNNING:
+            self.store.request_cancel(job_id)
+        job = self.store.delete(job_id)
+        self.storage.delete_job(job_id)
+        if job is not None:
+            for key in {job.audio_key, job.face_key}:
+                self._discard(key)
+        return job
+
+    # -- results ---------------------------------------------------------------------------------
+
+    def result_name(self, job: Job) -> str:
+        def stem(name: str) -> str:
+            return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).stem)[:40] or "x"
+
+        prefix = f"{job.batch_index + 1:03d}_" if job.batch_id else ""
+        return f"{prefix}{stem(job.face_name)}__{stem(job.audio_name)}_{job.id}.mp4"
+
+    def zip_jobs(self, jobs: list[Job]) -> Path:
+        """A zip (stored, not compressed: MP4 is already compressed) of the finished results."""
+        done = [j for j in jobs if j.status == DONE and self.storage.result_path(j.id).exists()]
+        if not done:
+            raise ValidationError("None of these jobs has a finished result yet.", "ids")
+        fd, tmp = tempfile.mkstemp(dir=self.storage.root / "tmp", suffix=".zip")
+        with open(fd, "wb") as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as z:
+            for j in done:
+                z.write(self.storage.result_path(j.id), self.result_name(j))
+        return Path(tmp)
+
+    def usage(self) -> dict[str, Any]:
+        u = dict(self.storage.usage())
+        u["jobs"] = self.store.counts()
+        u["retention_days"] = self.settings.retention_days
+        return u
+
+    def job_view(self, job: Job) -> dict[str, Any]:
+        """The JSON shape of a job in the API."""
+        base = f"/api/v1/jobs/{job.id}"
+        eta = job.eta_seconds()
+        view: dict[str, Any] = {
+            "id": job.id, "status": job.status, "progress": round(job.progress, 4), "stage": job.stage,
+            "message": job.message, "error": job.error, "eta_seconds": round(eta, 1) if eta is not None else None,
+            "created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
+            "finished_at": _iso(job.finished_at), "audio_name": job.audio_name, "face_name": job.face_name,
+            "options": job.options, "batch_id": job.batch_id, "attempts": job.attempts, "result": job.result,
+            "result_url": f"{base}/result" if job.status == DONE else None, "log_url": f"{base}/log",
+            "thumbnail_url": f"{base}/thumbnail" if job.status == DONE else None,
+        }
+        if job.status == "queued":
+            view["queue_position"] = self.store.queue_position(job)
+        return view
+
+    def batch_view(self, batch_id: str) -> dict[str, Any]:
+        jobs = self.store.batch_jobs(batch_id)
+        counts: dict[str, int] = {}
+        for j in jobs:
+            counts[j.status] = counts.get(j.status, 0) + 1
+        finished = sum(1 for j in jobs if j.status in FINISHED)
+        progress = sum(1.0 if j.status in FINISHED else j.progress for j in jobs) / max(1, len(jobs))
+        return {"id": batch_id, "status": "finished" if finished == len(jobs) else "running",
+                "total": len(jobs), "finished": finished, "counts": counts, "progress": round(progress, 4),
+                "zip_url": f"/api/v1/batches/{batch_id}/zip", "jobs": [self.job_view(j) for j in jobs]}
+
+
+def _iso(t: Any) -> str | None:
+    return t.isoformat() + "Z" if t is not None else None

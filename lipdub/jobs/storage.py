@@ -1,0 +1,127 @@
+"""Where files live: content-hashed uploads and one folder per job (result, thumbnail, log).
+
+:class:`Storage` is the seam: the server, the runner and the API only use its methods, so an S3
+implementation can replace :class:`LocalStorage` (render children then fetch inputs to a local
+cache and push results back) without touching them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+_SAFE_EXT = re.compile(r"^\.[a-z0-9]{1,5}$")
+
+
+class UploadTooLarge(Exception):
+    """The stream was longer than the allowed size (the partial file is already removed)."""
+
+
+class Storage(Protocol):
+    root: Path
+
+    def put_upload(self, stream: BinaryIO, filename: str, max_bytes: int | None = None) -> tuple[str, int]: ...
+    def upload_path(self, key: str) -> Path: ...
+    def delete_upload(self, key: str) -> None: ...
+    def job_dir(self, job_id: str) -> Path: ...
+    def result_path(self, job_id: str) -> Path: ...
+    def thumbnail_path(self, job_id: str) -> Path: ...
+    def log_path(self, job_id: str) -> Path: ...
+    def delete_job(self, job_id: str) -> None: ...
+    def usage(self) -> dict[str, int]: ...
+
+
+def _dir_size(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(dirpath, f))
+            except OSError:
+                pass
+    return total
+
+
+class LocalStorage:
+    """Files under one root folder: ``uploads/ab/<sha256><ext>`` and ``jobs/<id>/``."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root).resolve()
+        (self.root / "uploads").mkdir(parents=True, exist_ok=True)
+        (self.root / "jobs").mkdir(parents=True, exist_ok=True)
+        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+
+    def put_upload(self, stream: BinaryIO, filename: str, max_bytes: int | None = None) -> tuple[str, int]:
+        """Store a stream under the hash of its content; return (key, size). Same content, same key."""
+        ext = Path(filename or "").suffix.lower()
+        ext = ext if _SAFE_EXT.match(ext) else ""
+        digest, size = hashlib.sha256(), 0
+        fd, tmp = tempfile.mkstemp(dir=self.root / "tmp", suffix=ext)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while chunk := stream.read(_CHUNK):
+                    size += len(chunk)
+                    if max_bytes is not None and size > max_bytes:
+                        raise UploadTooLarge(filename)
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())  # an upload acknowledged to the user must survive a crash
+            key = digest.hexdigest() + ext
+            final = self.upload_path(key)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.exists() and final.stat().st_size == size:
+                os.unlink(tmp)
+            else:
+                os.replace(tmp, final)
+            return key, size
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def put_file(self, path: str | os.PathLike, max_bytes: int | None = None) -> tuple[str, int]:
+        with open(path, "rb") as f:
+            return self.put_upload(f, Path(path).name, max_bytes)
+
+    def upload_path(self, key: str) -> Path:
+        if not re.fullmatch(r"[0-9a-f]{64}(\.[a-z0-9]{1,5})?", key):
+            raise ValueError(f"bad upload key {key!r}")
+        return self.root / "uploads" / key[:2] / key
+
+    def delete_upload(self, key: str) -> None:
+        self.upload_path(key).unlink(missing_ok=True)
+
+    def job_dir(self, job_id: str) -> Path:
+        if not re.fullmatch(r"[0-9a-zA-Z_-]{1,32}", job_id):
+            raise ValueError(f"bad job id {job_id!r}")
+        return self.root / "jobs" / job_id
+
+    def result_path(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "result.mp4"
+
+    def thumbnail_path(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "thumb.jpg"
+
+    def log_path(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "job.log"
+
+    def delete_job(self, job_id: str) -> None:
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+    def usage(self) -> dict[str, int]:
+        """Bytes used by uploads, job folders and everything under the root (the database included)."""
+        uploads = _dir_size(self.root / "uploads")
+        jobs = _dir_size(self.root / "jobs")
+        total = _dir_size(self.root)
+        free = shutil.disk_usage(self.root).free
+        return {"uploads_bytes": uploads, "jobs_bytes": jobs, "total_bytes": total, "free_bytes": free}

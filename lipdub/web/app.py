@@ -1,0 +1,57 @@
+"""The studio server: FastAPI with the REST API under /api/v1 and the Gradio UI mounted at /."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from lipdub import __version__
+from lipdub.jobs.service import Settings, Studio, ValidationError
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, studio: Studio | None = None) -> FastAPI:
+    """Build the app; the worker pool starts with the app (lifespan) and stops with it."""
+    studio = studio or Studio.from_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        studio.start()
+        log.info("Studio ready: data in %s", studio.storage.root)
+        try:
+            yield
+        finally:
+            studio.stop()
+
+    app = FastAPI(title="lipdub studio", version=__version__, lifespan=lifespan,
+                  description="Make the person in a video or photo speak a recording. Submit jobs, follow "
+                              "their progress, download results; the web UI lives at `/`.")
+    app.state.studio = studio
+    from lipdub.web.api import router, validation_error_handler
+
+    app.include_router(router)
+    app.add_exception_handler(ValidationError, validation_error_handler)
+
+    import gradio as gr
+
+    from lipdub.web.ui import CSS, build_ui
+
+    demo = build_ui(studio)
+    demo.queue(default_concurrency_limit=None)
+    return gr.mount_gradio_app(app, demo, path="/", allowed_paths=[str(studio.storage.root / "jobs")],
+                               max_file_size=int(settings.max_upload_mb * 1024 * 1024), css=CSS,
+                               footer_links=["api"], ssr_mode=False)
+
+
+def serve(settings: Settings) -> None:
+    """Run the server in the foreground until Ctrl-C."""
+    import uvicorn
+
+    app = create_app(settings)
+    log.info("Serving on http://%s:%d (API docs at /docs)", settings.host, settings.port)
+    # log_config=None: uvicorn logs through our root handler, in our format.
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)

@@ -1,0 +1,48 @@
+"""Render children: a crash of one job fails only that job, with its error and log; the server goes on."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from studio_support import need_media, short_audio, wait_job
+
+from lipdub.jobs.runner import default_workers
+from lipdub.jobs.service import Settings
+from lipdub.web.app import create_app
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def test_default_workers_follow_the_device():
+    from lipdub.device import Device, cpu_count
+
+    assert default_workers(Device("cpu", None, "n cores", False)) == max(1, cpu_count() // 2)
+
+
+def test_a_crashing_render_fails_only_its_job(tmp_path):
+    (photo,) = need_media("portrait_474.png")
+    audio = short_audio(tmp_path / "speech.wav", 6.0)
+    app = create_app(Settings(data_dir=tmp_path / "data", device="cpu", workers=1))
+    with TestClient(app) as client:
+        files = [("audio", ("speech.wav", audio.read_bytes())), ("face", ("p.png", photo.read_bytes()))]
+        job_id = client.post("/api/v1/jobs", files=files).json()["id"]
+        wait_job(client, job_id, until=("running",), timeout=120)
+        dispatcher = app.state.studio.dispatcher
+        deadline = time.monotonic() + 30
+        while job_id not in dispatcher._procs and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pid = dispatcher._procs[job_id].pid
+        os.kill(pid, signal.SIGKILL)  # what the kernel's OOM killer does
+        job = wait_job(client, job_id, timeout=60)
+        assert job["status"] == "failed"
+        assert "stopped unexpectedly" in job["error"] and "SIGKILL" in job["error"]
+        assert "SIGKILL" in client.get(f"/api/v1/jobs/{job_id}/log").text
+        assert client.get("/api/v1/health").json()["status"] == "ok"
+        # The same inputs are kept and a new job on them is accepted and queued.
+        again = client.post("/api/v1/jobs", files=files)
+        assert again.status_code == 202
+        client.post(f"/api/v1/jobs/{again.json()['id']}/cancel")
