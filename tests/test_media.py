@@ -113,3 +113,34 @@ def test_rotation_of_planes() -> None:
     ty, tu, _ = planes(turned)
     assert ty.shape == (6, 4) and np.array_equal(ty, np.rot90(y, -1)) and np.array_equal(tu, np.rot90(u, -1))
     assert np.array_equal(rotate(rotate(pack(y, u, v), 180), 180), pack(y, u, v))
+
+
+def _rotate_mp4(src, dst) -> None:
+    """Copy an MP4 and set its video track's display matrix to a 90-degree turn (as phones write it)."""
+    import struct
+
+    data = bytearray(src.read_bytes())
+    pos = 0
+    while True:
+        pos = data.find(b"tkhd", pos + 1)
+        assert pos > 0, "no video track header"
+        version = data[pos + 4]
+        off = pos + 4 + 4 + (32 if version == 1 else 20) + 8 + 8  # version/flags, times, ids, reserved, layer...
+        width = struct.unpack(">I", data[off + 36 : off + 40])[0]
+        if width:  # the audio track's header has width 0
+            break
+    # Rotation by 90 degrees: [0 1 0; -1 0 0; 0 0 1] in 16.16 and 2.30 fixed point.
+    matrix = struct.pack(">9i", 0, 65536, 0, -65536, 0, 0, 0, 0, 1 << 30)
+    data[off : off + 36] = matrix
+    dst.write_bytes(bytes(data))
+
+
+def test_rotation_metadata_is_honoured(tmp_path) -> None:
+    src = media("katie_talk_512.mp4")
+    rotated = tmp_path / "phone.mp4"
+    _rotate_mp4(src, rotated)
+    info = probe(rotated)
+    assert info.rotation in (90, 270)
+    plain = next(VideoDecoder(probe(src), Fraction(25)).frames())[1]
+    turned = next(VideoDecoder(info, Fraction(25)).frames())[1]
+    assert np.array_equal(turned, rotate(plain, info.rotation))

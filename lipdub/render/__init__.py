@@ -14,6 +14,7 @@ __all__ = ["ENGINES", "FrameTask", "RenderContext", "RenderedCrop", "Renderer", 
 # name -> "module:Class"; imported on demand so optional engines cost nothing until used.
 ENGINES: dict[str, str] = {
     "warp": "lipdub.render.warp:WarpRenderer",
+    "wav2lip": "lipdub.render.wav2lip.engine:Wav2LipRenderer",
 }
 
 # Order in which `--engine auto` tries engines; the first whose suits(avatar) is true wins.
