@@ -259,10 +259,8 @@ def _render(ctx: WorkerContext, job_id: str, token: str) -> str:
     finally:
         stop.set()
         t.join(2.0)
-    job = ctx.store.get(job_id)
-    status = job.status if job else "deleted"
-    log.info("Job %s: %s.", job_id, status)
-    return status
+    job = ctx.store.get(job_id)  # run_claimed logged the outcome; return it as the task's result
+    return job.status if job else "deleted"
 
 
 def run_worker(broker: str, db: str, storage: str, *, device: str = "auto", queue: str = DEFAULT_QUEUE,
