@@ -156,3 +156,21 @@ def test_urls():
     assert redact("redis://h:6379/0") == "redis://h:6379/0"
     assert normalize_db_url("sqlite:///x.db") == "sqlite:///x.db"
     assert normalize_db_url("postgresql://u@h/db").startswith("postgresql")
+
+
+def test_render_task_retries_while_owned_and_skips_when_finished(store, tmp_path, monkeypatch):
+    from celery.exceptions import Retry
+
+    from lipdub.jobs import celery_dispatch as cd
+    from lipdub.jobs.storage import LocalStorage
+
+    app = make_celery("memory://")
+    task = cd.register_task(app)
+    monkeypatch.setattr(cd, "_context", cd.WorkerContext(store, LocalStorage(tmp_path / "s"), "cpu", "w2"))
+    jid = _job(store)
+    owner = take_over(store, jid, "w1")
+    with pytest.raises(Retry):  # a live worker owns it: look again later, do not drop the message
+        task.run(jid)
+    store.finish(jid, owner.token, "done", result={})
+    assert task.run(jid) == "done"  # a finished job is not rendered again
+    assert store.get(jid).attempts == 1
