@@ -16,6 +16,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--retention-days", type=float, default=0.0, help="delete finished jobs after N days (0: never)")
     ap.add_argument("--max-upload-mb", type=float, default=1024.0)
     ap.add_argument("--max-duration", type=float, default=600.0, help="longest audio/template accepted, seconds")
+    ap.add_argument("--broker", default=None, help="Celery broker (redis://HOST:6379/0): `lipdub worker` processes "
+                    "render the jobs instead of this server")
+    ap.add_argument("--db", default=None, help="job store as an SQLAlchemy URL (postgresql://... to share it with "
+                    "workers on other machines; default: SQLite in the data dir)")
+    ap.add_argument("--storage", type=Path, default=None, help="shared storage directory (same as --data-dir)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
 
@@ -24,9 +29,9 @@ def main(argv: list[str] | None = None) -> None:
     from lipdub.web.app import serve
 
     setup_logging(args.verbose)
-    serve(Settings(data_dir=args.data_dir, device=args.device, workers=args.workers or None, host=args.host,
-                   port=args.port, retention_days=args.retention_days, max_upload_mb=args.max_upload_mb,
-                   max_duration_s=args.max_duration))
+    serve(Settings(data_dir=args.storage or args.data_dir, device=args.device, workers=args.workers or None,
+                   host=args.host, port=args.port, retention_days=args.retention_days, max_upload_mb=args.max_upload_mb,
+                   max_duration_s=args.max_duration, broker_url=args.broker, db_url=args.db))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ def register(app: typer.Typer) -> None:
         retention_days: float = typer.Option(0.0, help="Delete finished jobs older than this; 0 keeps them."),
         max_upload_mb: float = typer.Option(1024.0, help="Largest accepted upload."),
         max_duration: float = typer.Option(600.0, help="Longest accepted audio or template video, seconds."),
+        broker: str | None = typer.Option(None, help="Celery broker (redis://HOST:6379/0): `lipdub worker` renders."),
+        db: str | None = typer.Option(None, help="Job store URL (postgresql://...); default SQLite in the data dir."),
+        storage: Path | None = typer.Option(None, help="Shared storage directory (same as --data-dir)."),
         verbose: bool = typer.Option(False, "--verbose", "-v"),
     ) -> None:
         """Serve the web studio and the REST API (/api/v1, docs at /docs)."""
@@ -26,5 +29,6 @@ def register(app: typer.Typer) -> None:
         from lipdub.web.app import serve
 
         setup_logging(verbose)
-        serve(Settings(data_dir=data_dir, device=device, workers=workers or None, host=host, port=port,
-                       retention_days=retention_days, max_upload_mb=max_upload_mb, max_duration_s=max_duration))
+        serve(Settings(data_dir=storage or data_dir, device=device, workers=workers or None, host=host, port=port,
+                       retention_days=retention_days, max_upload_mb=max_upload_mb, max_duration_s=max_duration,
+                       broker_url=broker, db_url=db))

@@ -224,6 +224,11 @@ class LocalDispatcher:
         with self._lock:
             return len(self._procs)
 
+    def run_claimed(self, job_id: str, token: str, device: str) -> None:
+        """Render one job already claimed under ``token`` in a child and record its outcome (the
+        Celery worker's entry point: it claims through the broker, not :meth:`JobStore.claim_next`)."""
+        self._run_child(job_id, token, device)
+
     def stop(self, timeout: float = 15.0) -> None:
         """Stop taking jobs; running renders are terminated and go back to the queue."""
         self._stopping.set()

@@ -35,6 +35,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 7860
     db_url: str | None = None  # None: SQLite (WAL) in the data dir
+    broker_url: str | None = None  # a Celery broker (redis://...): `lipdub worker` processes render the jobs
     retention_days: float = 0.0  # 0: keep finished jobs forever
     max_upload_mb: float = 1024.0
     max_duration_s: float = 600.0  # longest audio or template video accepted
@@ -132,6 +133,10 @@ class Studio:
     @classmethod
     def from_settings(cls, settings: Settings) -> Studio:
         """Pick the device (logging ``Using device: ...``) and size the worker pool from it."""
+        if settings.broker_url:  # scale-out: this server only queues; it never renders
+            from lipdub.jobs.celery_dispatch import celery_studio
+
+            return celery_studio(cls, settings)
         from lipdub.device import select_device
 
         device = select_device(settings.device)
