@@ -71,10 +71,10 @@ def blend_bgr(frame: np.ndarray, box: tuple[int, int, int, int], bgr: np.ndarray
 
 
 def _mix(dst: np.ndarray, src: np.ndarray, a: np.ndarray) -> None:
-    ys, xs = np.nonzero(a > 0)
-    if len(ys) == 0:
+    c0, r0, bw, bh = cv2.boundingRect((a > 0).astype(np.uint8))
+    if bw == 0 or bh == 0:
         return
-    r0, r1, c0, c1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    r1, c1 = r0 + bh, c0 + bw
     d = dst[r0:r1, c0:c1].astype(np.float32)
     aa = a[r0:r1, c0:c1]
     out = d + (src[r0:r1, c0:c1].astype(np.float32) - d) * aa

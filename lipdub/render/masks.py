@@ -30,13 +30,24 @@ def lower_face_polygon(landmarks: np.ndarray, chin_margin: float = 0.12) -> np.n
 def polygon_alpha(polygon: np.ndarray, shape: tuple[int, int], feather_px: float) -> np.ndarray:
     """Alpha 1 deep inside ``polygon``, falling to exactly 0 at its edge over ``feather_px`` pixels."""
     h, w = shape
-    hard = np.zeros((h, w), np.uint8)
-    cv2.fillPoly(hard, [np.round(polygon).astype(np.int32)], 255, lineType=cv2.LINE_8)
+    alpha = np.zeros((h, w), np.float32)
+    pts = np.round(polygon).astype(np.int32)
+    # Work on the polygon's bounding box only: at 1080p the face crop is several times larger.
+    x0, y0 = np.clip(pts.min(0) - 1, 0, [w, h])
+    x1, y1 = np.clip(pts.max(0) + 2, 0, [w, h])
+    if x1 <= x0 or y1 <= y0:
+        return alpha
+    hard = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.fillPoly(hard, [pts - [x0, y0]], 255, lineType=cv2.LINE_8)
     if feather_px <= 0:
-        return (hard > 0).astype(np.float32)
-    dist = cv2.distanceTransform(hard, cv2.DIST_L2, 5)
+        alpha[y0:y1, x0:x1] = hard > 0
+        return alpha
+    # Distances count from the box edge too, which is the polygon's edge or the crop's: both fade to 0.
+    padded = cv2.copyMakeBorder(hard, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    dist = cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1]
     t = np.clip(dist / feather_px, 0.0, 1.0)
-    return (t * t * (3 - 2 * t)).astype(np.float32)  # smoothstep: no visible edge in the ramp
+    alpha[y0:y1, x0:x1] = t * t * (3 - 2 * t)  # smoothstep: no visible edge in the ramp
+    return alpha
 
 
 def lower_face_mask(landmarks: np.ndarray, shape: tuple[int, int], feather: float = 0.18,

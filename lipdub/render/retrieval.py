@@ -130,10 +130,10 @@ class RetrievalRenderer(Renderer):
         lm_a = apply(m, lm_s)  # the source face in crop coordinates
         h, w = task.crop.shape[:2]
         alpha = composite_alpha(lm_t, lm_a, (h, w))
-        ys, xs = np.nonzero(alpha > 0)
-        if len(ys) == 0:
+        x0, y0, bw, bh = cv2.boundingRect((alpha > 0).astype(np.uint8))
+        if bw == 0 or bh == 0:
             return RenderedCrop(task.crop, None)
-        x0, x1, y0, y1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
+        x1, y1 = x0 + bw, y0 + bh
         # The mask outline (cheeks, nose base, upper jaw) goes where the template frame has it; the
         # lips and chin stay as the source has them: its mouth shape is the point.
         dst = lm_a.copy()
