@@ -16,8 +16,10 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(0, help="Render processes at once; 0: one per GPU, or cores/2 on CPU."),
         data_dir: Path = typer.Option(Path("data"), help="Database, uploads, results and logs."),
         retention_days: float = typer.Option(0.0, help="Delete finished jobs older than this; 0 keeps them."),
-        max_upload_mb: float = typer.Option(1024.0, help="Largest accepted upload."),
-        max_duration: float = typer.Option(600.0, help="Longest accepted audio or template video, seconds."),
+        max_upload_mb: float = typer.Option(2048.0, help="Largest accepted upload (enforced while streaming)."),
+        max_duration: float | None = typer.Option(None, help="Longest accepted audio and template video, seconds "
+                                                  "(default: 1800 s of speech, 600 s of template video)."),
+        max_side: int = typer.Option(4096, help="Largest accepted picture side, pixels."),
         broker: str | None = typer.Option(None, help="Celery broker (redis://HOST:6379/0): `lipdub worker` renders."),
         db: str | None = typer.Option(None, help="Job store URL (postgresql://...); default SQLite in the data dir."),
         storage: Path | None = typer.Option(None, help="Shared storage directory (same as --data-dir)."),
@@ -30,5 +32,5 @@ def register(app: typer.Typer) -> None:
 
         setup_logging(verbose)
         serve(Settings(data_dir=storage or data_dir, device=device, workers=workers or None, host=host, port=port,
-                       retention_days=retention_days, max_upload_mb=max_upload_mb, max_duration_s=max_duration,
+                       retention_days=retention_days, max_upload_mb=max_upload_mb, max_duration_s=max_duration, max_side=max_side,
                        broker_url=broker, db_url=db))

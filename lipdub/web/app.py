@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 
 from lipdub import __version__
-from lipdub.jobs.service import Settings, Studio, ValidationError
+from lipdub.jobs.service import DiskFull, Settings, Studio, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ def create_app(settings: Settings, studio: Studio | None = None) -> FastAPI:
 
     app.include_router(router)
     app.add_exception_handler(ValidationError, validation_error_handler)
+    app.add_exception_handler(DiskFull, lambda _r, e: JSONResponse(status_code=507, content={"detail": str(e)}))
 
     import gradio as gr
 
