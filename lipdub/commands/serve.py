@@ -23,6 +23,13 @@ def register(app: typer.Typer) -> None:
         broker: str | None = typer.Option(None, help="Celery broker (redis://HOST:6379/0): `lipdub worker` renders."),
         db: str | None = typer.Option(None, help="Job store URL (postgresql://...); default SQLite in the data dir."),
         storage: Path | None = typer.Option(None, help="Shared storage directory (same as --data-dir)."),
+        auth: str | None = typer.Option(None, help="token:SECRET or USER:PASSWORD; beyond loopback a token is "
+                                        "generated on the first start if none is given."),
+        cors_origin: list[str] = typer.Option([], help="Allow browser calls from this origin (repeatable)."),
+        max_request_mb: float = typer.Option(2100.0, help="Largest request body."),
+        rate_limit: float = typer.Option(30.0, help="Job submissions per minute per client (0: off)."),
+        job_timeout: float = typer.Option(4 * 3600.0, help="Seconds before a render is stopped."),
+        job_memory_mb: float = typer.Option(8192.0, help="Memory (MB) before a render is stopped."),
         verbose: bool = typer.Option(False, "--verbose", "-v"),
     ) -> None:
         """Serve the web studio and the REST API (/api/v1, docs at /docs)."""
@@ -33,4 +40,6 @@ def register(app: typer.Typer) -> None:
         setup_logging(verbose)
         serve(Settings(data_dir=storage or data_dir, device=device, workers=workers or None, host=host, port=port,
                        retention_days=retention_days, max_upload_mb=max_upload_mb, max_duration_s=max_duration, max_side=max_side,
-                       broker_url=broker, db_url=db))
+                       broker_url=broker, db_url=db, auth=auth, cors_origins=tuple(cors_origin),
+                       max_request_mb=max_request_mb, rate_per_minute=rate_limit, job_timeout_s=job_timeout,
+                       job_memory_mb=job_memory_mb))

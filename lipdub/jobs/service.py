@@ -45,6 +45,15 @@ class Settings:
     max_video_s: float = 10 * 60.0
     max_side: int = 4096
     max_batch_items: int = 100
+    # The front door (lipdub/web/security.py).
+    auth: str | None = None  # "token:SECRET" or "user:password"; None: open on loopback, a generated token beyond
+    cors_origins: tuple[str, ...] = ()  # none: browsers refuse cross-origin calls
+    max_request_mb: float = 2100.0  # a whole request body, enforced while it streams
+    rate_per_minute: float = 30.0  # submissions per client address
+    rate_burst: int = 10
+    # Render children (lipdub/jobs/runner.py): killed and the job failed beyond these.
+    job_timeout_s: float = 4 * 3600.0
+    job_memory_mb: float = 8192.0
 
     @property
     def limits(self) -> Limits:
@@ -133,7 +142,8 @@ class Studio:
         self.device_description = device_description or settings.device
         self.device_kind = device_kind
         self.dispatcher: Dispatcher = dispatcher or LocalDispatcher(
-            self.store, self.storage, workers=settings.workers or 1, device=settings.device)
+            self.store, self.storage, workers=settings.workers or 1, device=settings.device,
+            timeout_s=settings.job_timeout_s, memory_mb=settings.job_memory_mb)
         self._retention_stop = threading.Event()
 
     @classmethod
@@ -153,7 +163,8 @@ class Studio:
         elif device.kind == "cpu":
             devices = ["cpu"]
         studio = cls(settings, device_description=device.describe(), device_kind=device.kind)
-        studio.dispatcher = LocalDispatcher(studio.store, studio.storage, workers=workers, devices=devices)
+        studio.dispatcher = LocalDispatcher(studio.store, studio.storage, workers=workers, devices=devices,
+                                            timeout_s=settings.job_timeout_s, memory_mb=settings.job_memory_mb)
         return studio
 
     # -- lifecycle -------------------------------------------------------------------------------

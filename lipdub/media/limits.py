@@ -64,20 +64,20 @@ def check_audio(info: MediaInfo, name: str, limits: Limits) -> None:
         raise InputError(f"{name} holds no sound (it is empty or {info.duration:.2f} s long); "
                          "give a real speech recording.")
     if _on(limits.max_audio_s) and info.duration > limits.max_audio_s:
-        raise InputError(f"{name} lasts {_hms(info.duration)}; the limit for speech is {_hms(limits.max_audio_s)}.")
+        raise InputError(f"{name} lasts {_hms(info.duration)}; the limit is {_hms(limits.max_audio_s)} of speech.")
 
 
 def check_face(info: MediaInfo, name: str, limits: Limits) -> None:
     """``info`` must be a picture of a person: a video or a photo, of a sensible size and length."""
     if info.kind not in ("video", "image"):
-        raise InputError(f"{name} holds no picture ({info.kind} only); give a video or photo of a person.")
+        raise InputError(f"{name} holds no picture: it is {info.kind}, not a video or photo of a person.")
     check_picture_size(name, info.width, info.height, limits)
     if min(info.width, info.height) < limits.min_side:
         raise InputError(f"{name} is only {info.width}x{info.height}; the face needs at least {limits.min_side} "
                          "pixels per side.")
     if info.kind == "video" and _on(limits.max_video_s) and info.duration > limits.max_video_s:
-        raise InputError(f"{name} lasts {_hms(info.duration)}; the limit for a template video is "
-                         f"{_hms(limits.max_video_s)}.")
+        raise InputError(f"{name} lasts {_hms(info.duration)}; the limit is {_hms(limits.max_video_s)} for a "
+                         "template video.")
 
 
 def _hms(seconds: float) -> str:
