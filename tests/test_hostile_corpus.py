@@ -105,7 +105,7 @@ def _tree(root: Path) -> set[str]:
 
 def test_api_corpus(corpus, good, tmp_path) -> None:
     data = tmp_path / "data"
-    settings = Settings(data_dir=data, device="cpu", workers=1)
+    settings = Settings(data_dir=data, device="cpu", workers=1, rate_per_minute=0)  # rate: test_security
     outside_before = _tree(tmp_path) | _tree(Path(os.getcwd()))
     app = create_app(settings, Studio(settings, dispatcher=_NoRender()))
     answers = {}

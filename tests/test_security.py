@@ -203,3 +203,40 @@ def test_render_children_are_bounded(tmp_path, inputs, child, limits, words) -> 
         assert c.get("/api/v1/health").json()["status"] == "ok"
     assert time.monotonic() - t0 < 60
     assert os.path.isdir(tmp_path / "d")
+
+
+def test_full_disk_gives_a_clear_error_and_leaves_nothing(tmp_path, inputs, monkeypatch) -> None:
+    import errno
+
+    import lipdub
+    import lipdub.jobs.storage as storage_mod
+    from lipdub.jobs.runner import run_job
+
+    def no_space(_fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    data = tmp_path / "d"
+    with _app(data) as c, monkeypatch.context() as m:
+        m.setattr(storage_mod.os, "fsync", no_space)
+        r = c.post("/api/v1/jobs", files=_files(inputs))
+        assert r.status_code == 507 and "disk is full" in r.json()["detail"]
+        assert not list((data / "tmp").iterdir()) and not list((data / "uploads").rglob("*.*"))
+        assert c.get("/api/v1/health").json()["status"] == "ok"
+
+    # The disk fills during a render: the job fails with the reason, the partial MP4 is removed.
+    settings = Settings(data_dir=data, device="cpu")
+    studio = Studio(settings, dispatcher=NoRender())
+    job = studio.submit(studio.add_upload_path(inputs["audio"], "audio"), studio.add_upload_path(inputs["face"], "face"))
+    claimed = studio.store.claim_next("test")
+    assert claimed is not None and claimed.id == job.id
+
+    def filling(audio, face, out, **_kw):  # noqa: ANN001, ANN202
+        Path(out).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(lipdub, "generate", filling)
+    assert run_job(job.id, studio.store, studio.storage, token=claimed.run_token or "") == "failed"
+    failed = studio.store.get(job.id)
+    assert failed is not None and "disk is full" in (failed.error or "")
+    assert not list(studio.storage.job_dir(job.id).glob("*.mp4"))
+    studio.stop()

@@ -50,7 +50,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()  # none: browsers refuse cross-origin calls
     max_request_mb: float = 2100.0  # a whole request body, enforced while it streams
     rate_per_minute: float = 30.0  # submissions per client address
-    rate_burst: int = 10
+    rate_burst: int = 20
     # Render children (lipdub/jobs/runner.py): killed and the job failed beyond these.
     job_timeout_s: float = 4 * 3600.0
     job_memory_mb: float = 8192.0
