@@ -29,6 +29,7 @@ from lipdub.media.decode import TemplateFrames, load_image, output_size, pingpon
 from lipdub.media.encode import VideoWriter, nvenc_available
 from lipdub.media.encode import quality as quality_preset
 from lipdub.media.frames import blend_bgr, crop_bgr
+from lipdub.media.limits import Limits, check_audio, check_face
 from lipdub.media.probe import MediaInfo, probe
 from lipdub.render import FrameTask, RenderContext, create_renderer, engine_class, engine_for
 
@@ -73,22 +74,24 @@ def generate(audio: str | os.PathLike, face: str | os.PathLike, out: str | os.Pa
              device: str | Device = "auto", engine: str = "auto", quality: str = "balanced",
              fps: float | None = None, text: str | None = None, weights: str | os.PathLike | None = None,
              cache_dir: str | os.PathLike | None = None, progress: ProgressCallback | None = None,
-             cancel: threading.Event | None = None) -> Result:
-    """Make the face in ``face`` (video or photo) speak ``audio``; write an MP4 to ``out``."""
+             cancel: threading.Event | None = None, limits: Limits | None = None) -> Result:
+    """Make the face in ``face`` (video or photo) speak ``audio``; write an MP4 to ``out``.
+
+    ``limits`` bounds the inputs (size, duration, resolution); the defaults suit interactive use."""
     started = time.monotonic()
     report = _Reporter(progress)
     if engine != "auto":
         engine_class(engine)  # an unknown name fails now, not after the analysis
     quality_preset(quality)
-    dev = device if isinstance(device, Device) else select_device(device)
 
     report("probing", 0.0, "reading the inputs")
-    a_info = probe(audio)
-    f_info = probe(face)
-    if not a_info.has_audio:
-        raise InputError(f"{a_info.path.name} has no sound track; give a file with speech in it.")
-    if f_info.kind == "audio":
-        raise InputError(f"{f_info.path.name} holds no picture; give a video or photo of a person.")
+    limits = limits or Limits()
+    a_info = probe(audio, limits)
+    f_info = probe(face, limits)
+    check_audio(a_info, a_info.path.name, limits)
+    check_face(f_info, f_info.path.name, limits)
+    # After the checks: a refused input should not wait for torch to load.
+    dev = device if isinstance(device, Device) else select_device(device)
     out_fps = _output_fps(fps, f_info)
 
     report("analysing audio", 0.0, "decoding speech")

@@ -26,11 +26,19 @@ def register(app: typer.Typer) -> None:
         text: str | None = typer.Option(None, help="Transcript of the speech, for precise English timing."),
         weights: Path | None = typer.Option(None, help="Checkpoint for neural engines (e.g. wav2lip.pth)."),
         cache_dir: Path | None = typer.Option(None, help="Avatar cache folder (default ~/.cache/lipdub)."),
+        max_audio_s: float = typer.Option(1800.0, help="Longest accepted speech, seconds (0: no limit)."),
+        max_video_s: float = typer.Option(600.0, help="Longest accepted template video, seconds (0: no limit)."),
+        max_side: int = typer.Option(4096, help="Largest accepted picture side, pixels (0: no limit)."),
+        max_size_mb: float = typer.Option(2048.0, help="Largest accepted input file, MB (0: no limit)."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more detail."),
     ) -> None:
         """Make the person in FACE speak AUDIO and write an MP4."""
         setup_logging(verbose)
+        from lipdub.media.limits import MB, Limits
         from lipdub.pipeline import generate as run
+
+        limits = Limits(max_bytes=int(max_size_mb * MB), max_audio_s=max_audio_s, max_video_s=max_video_s,
+                        max_side=max_side)
 
         if text is None:
             side = audio.with_suffix(".txt")
@@ -40,7 +48,7 @@ def register(app: typer.Typer) -> None:
                       TimeElapsedColumn(), TimeRemainingColumn(), transient=True) as bar:
             task = bar.add_task("lipdub", total=1.0, stage="starting")
             result = run(audio, face, output, device=device, engine=engine, quality=quality, fps=fps, text=text,
-                         weights=weights, cache_dir=cache_dir,
+                         weights=weights, cache_dir=cache_dir, limits=limits,
                          progress=lambda p: bar.update(task, completed=p.fraction, stage=p.stage))
         log.info("Done: %s (%.2f s of video, %d frames, %.1f s)", result.output, result.duration, result.frames,
                  result.seconds)

@@ -9,6 +9,7 @@ is also how a Celery worker on another machine will report (it calls :func:`run_
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -87,6 +88,11 @@ def run_job(job_id: str, store: JobStore, storage: Storage, *, token: str, devic
             log.info("Cancelled.")
             store.finish(job_id, token, CANCELLED)
             return CANCELLED
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            log.error("Disk full: %s", e)
+            store.finish(job_id, token, FAILED, error="The server's disk is full; the partial output was "
+                         "removed. Free some space (or delete old jobs) and retry.")
+            return FAILED
         if isinstance(e, LipdubError):
             log.error("%s", e)
             store.finish(job_id, token, FAILED, error=str(e))
@@ -154,8 +160,13 @@ class LocalDispatcher:
 
     def __init__(self, store: JobStore, storage: Storage, *, workers: int = 1, device: str = "auto",
                  devices: list[str] | None = None, poll_s: float = 1.0,
-                 child_cmd: Callable[[str, str, str], list[str]] | None = None, prewarm: bool = True) -> None:
+                 child_cmd: Callable[[str, str, str], list[str]] | None = None, prewarm: bool = True,
+                 timeout_s: float = 4 * 3600.0, memory_mb: float = 8192.0) -> None:
         self.store = store
+        # A render child that runs longer or grows larger than this is killed and its job failed: a
+        # pathological file costs one job, never the server (0 switches a limit off).
+        self.timeout_s = timeout_s
+        self.memory_mb = memory_mb
         self.storage = storage
         self.workers = max(1, workers)
         # Worker i renders on devices[i % len(devices)] (one GPU each); else all on `device`.
@@ -291,9 +302,15 @@ class LocalDispatcher:
             self._procs[job_id] = proc
         log.info("Job %s started (pid %d).", job_id, proc.pid)
         cancelled = stopping = False
+        over: str | None = None
+        started = time.monotonic()
         try:
             while proc.poll() is None:
                 time.sleep(0.5)
+                if over is None and (over := self._over_limits(proc, started)):
+                    log.warning("Job %s: %s; killing its render process.", job_id, over)
+                    _kill_group(proc)
+                    continue
                 if self._stopping.is_set():
                     # Shutting down is not cancelling: put the job back first (which also voids
                     # this attempt's token, so the child cannot record "cancelled"), then stop it.
@@ -327,10 +344,53 @@ class LocalDispatcher:
             why = (f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}")
             hint = " (perhaps it ran out of memory)" if code == -signal.SIGKILL else ""
             error = f"The render process stopped unexpectedly ({why}){hint}; see the job log."
+            if over:
+                error = f"The render was stopped: {over}."
             self.store.finish(job_id, token, FAILED, error=error)
             with open(log_path, "a") as f:
                 f.write(f"[ERROR] {error}\n")
             log.warning("Job %s failed: %s", job_id, error)
+
+
+    def _over_limits(self, proc: subprocess.Popen, started: float) -> str | None:
+        """Why the child must be stopped now, or None."""
+        elapsed = time.monotonic() - started
+        if self.timeout_s > 0 and elapsed > self.timeout_s:
+            return f"it ran longer than the {self.timeout_s:g} s limit for one job"
+        if self.memory_mb > 0:
+            rss = _tree_rss(proc.pid)
+            if rss > self.memory_mb * 1024 * 1024:
+                return (f"it used {rss / 2**20:.0f} MB of memory, over the {self.memory_mb:g} MB limit for one "
+                        "job (a very large or malformed input?)")
+        return None
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident memory of a process and its children, in bytes (0 if it is gone)."""
+    try:
+        import psutil
+
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except Exception:  # noqa: BLE001 - gone, or psutil missing: no watchdog rather than no render
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except Exception:  # noqa: BLE001
+            pass
+    return total
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
 
 
 def _log_header(logf, warm: bool) -> None:  # noqa: ANN001 - binary file

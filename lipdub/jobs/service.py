@@ -4,6 +4,7 @@ store uploads, submit jobs and batches, cancel, delete, zip results, report disk
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import tempfile
@@ -18,6 +19,7 @@ from lipdub.errors import InputError
 from lipdub.jobs.runner import Dispatcher, LocalDispatcher, default_workers
 from lipdub.jobs.storage import LocalStorage, UploadTooLarge
 from lipdub.jobs.store import DONE, FINISHED, RUNNING, Job, JobStore, sqlite_url, utcnow
+from lipdub.media.limits import Limits, check_audio, check_face, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +39,28 @@ class Settings:
     db_url: str | None = None  # None: SQLite (WAL) in the data dir
     broker_url: str | None = None  # a Celery broker (redis://...): `lipdub worker` processes render the jobs
     retention_days: float = 0.0  # 0: keep finished jobs forever
-    max_upload_mb: float = 1024.0
-    max_duration_s: float = 600.0  # longest audio or template video accepted
+    max_upload_mb: float = 2048.0
+    max_duration_s: float | None = None  # caps both durations below (the older single option)
+    max_audio_s: float = 30 * 60.0
+    max_video_s: float = 10 * 60.0
+    max_side: int = 4096
     max_batch_items: int = 100
+    # The front door (lipdub/web/security.py).
+    auth: str | None = None  # "token:SECRET" or "user:password"; None: open on loopback, a generated token beyond
+    cors_origins: tuple[str, ...] = ()  # none: browsers refuse cross-origin calls
+    max_request_mb: float = 2100.0  # a whole request body, enforced while it streams
+    rate_per_minute: float = 30.0  # submissions per client address
+    rate_burst: int = 20
+    # Render children (lipdub/jobs/runner.py): killed and the job failed beyond these.
+    job_timeout_s: float = 4 * 3600.0
+    job_memory_mb: float = 8192.0
+
+    @property
+    def limits(self) -> Limits:
+        return Limits.from_options(max_upload_mb=self.max_upload_mb, max_duration_s=self.max_duration_s,
+                                   max_audio_s=None if self.max_duration_s else self.max_audio_s,
+                                   max_video_s=None if self.max_duration_s else self.max_video_s,
+                                   max_side=self.max_side)
 
     @property
     def database_url(self) -> str:
@@ -54,6 +75,10 @@ class ValidationError(InputError):
         self.field = field
 
 
+class DiskFull(InputError):
+    """The data dir's disk is full (HTTP 507)."""
+
+
 @dataclass(frozen=True)
 class Upload:
     key: str
@@ -63,14 +88,18 @@ class Upload:
     duration: float
 
 
-def check_media(path: str | Path, role: str, *, name: str | None = None, max_duration_s: float = 600.0) -> Any:
-    """Probe a file by content and check it fits its role; raise :class:`ValidationError` with a
-    sentence the user can act on."""
+def check_media(path: str | Path, role: str, *, name: str | None = None, max_duration_s: float | None = None,
+                limits: Limits | None = None) -> Any:
+    """Probe a file by content and check it fits its role and the limits; raise :class:`ValidationError`
+    with a sentence the user can act on (the same sentences as the library and the CLI)."""
     from lipdub.media.probe import probe
 
+    if limits is None:
+        limits = Limits.from_options(max_duration_s=max_duration_s)
     name = name or Path(path).name
     try:
-        info = probe(path)
+        info = probe(path, limits)
+        (check_audio if role == AUDIO else check_face)(info, name, limits)
     except InputError as e:
         # The stored file is named by its hash; say what the user called it.
         msg = str(e).replace(str(path), name).replace(Path(path).name, name)
@@ -78,20 +107,6 @@ def check_media(path: str | Path, role: str, *, name: str | None = None, max_dur
         if cut != -1 and "/" in msg[cut:]:  # the decoder's detail names a server-side path: drop it
             msg = msg[:cut].rstrip(".") + "."
         raise ValidationError(msg if name in msg else f"{name}: {msg}", role) from e
-    if role == AUDIO:
-        if not info.has_audio:
-            raise ValidationError(f"{name} has no sound; give a speech recording (wav, mp3, m4a, ...) "
-                                  "or a video with a sound track.", role)
-        if info.duration <= 0.05:
-            raise ValidationError(f"{name} is too short to speak anything.", role)
-    else:
-        if info.kind not in ("video", "image"):
-            raise ValidationError(f"{name} is {info.kind}, not a video or photo of a face.", role)
-        if min(info.width, info.height) < 64:
-            raise ValidationError(f"{name} is only {info.width}x{info.height}; the face needs at least 64 "
-                                  "pixels per side.", role)
-    if info.duration > max_duration_s:
-        raise ValidationError(f"{name} lasts {info.duration:.0f} s; the limit is {max_duration_s:.0f} s.", role)
     return info
 
 
@@ -127,7 +142,8 @@ class Studio:
         self.device_description = device_description or settings.device
         self.device_kind = device_kind
         self.dispatcher: Dispatcher = dispatcher or LocalDispatcher(
-            self.store, self.storage, workers=settings.workers or 1, device=settings.device)
+            self.store, self.storage, workers=settings.workers or 1, device=settings.device,
+            timeout_s=settings.job_timeout_s, memory_mb=settings.job_memory_mb)
         self._retention_stop = threading.Event()
 
     @classmethod
@@ -147,7 +163,8 @@ class Studio:
         elif device.kind == "cpu":
             devices = ["cpu"]
         studio = cls(settings, device_description=device.describe(), device_kind=device.kind)
-        studio.dispatcher = LocalDispatcher(studio.store, studio.storage, workers=workers, devices=devices)
+        studio.dispatcher = LocalDispatcher(studio.store, studio.storage, workers=workers, devices=devices,
+                                            timeout_s=settings.job_timeout_s, memory_mb=settings.job_memory_mb)
         return studio
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -191,18 +208,22 @@ class Studio:
 
     def add_upload(self, stream: BinaryIO, filename: str, role: str) -> Upload:
         """Store an upload by content hash and validate it; a refused upload leaves nothing behind."""
-        name = Path(filename or role).name[:200] or role
-        max_bytes = int(self.settings.max_upload_mb * 1024 * 1024)
+        name = safe_name(filename, role)
+        limits = self.settings.limits
         try:
-            key, size = self.storage.put_upload(stream, name, max_bytes=max_bytes)
+            key, size = self.storage.put_upload(stream, name, max_bytes=limits.max_bytes)
         except UploadTooLarge as e:
             raise ValidationError(f"{name} is larger than the {self.settings.max_upload_mb:g} MB limit.", role) from e
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                log.error("Disk full while storing an upload in %s", self.storage.root)
+                raise DiskFull("The server's disk is full; the upload was not stored. Try again later.") from e
+            raise
         if size == 0:
             self._discard(key)
             raise ValidationError(f"{name} is empty (0 bytes).", role)
         try:
-            info = check_media(self.storage.upload_path(key), role, name=name,
-                               max_duration_s=self.settings.max_duration_s)
+            info = check_media(self.storage.upload_path(key), role, name=name, limits=limits)
         except ValidationError:
             self._discard(key)
             raise

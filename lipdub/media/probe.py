@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import av
 
 from lipdub.errors import InputError
+from lipdub.media.limits import Limits, check_picture_size, check_size
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +43,12 @@ class MediaInfo:
     channels: int = 0
 
 
-def probe(path: str | os.PathLike) -> MediaInfo:
-    """Open ``path`` and describe its streams; raise :class:`InputError` when it is not usable media."""
+def probe(path: str | os.PathLike, limits: Limits | None = None) -> MediaInfo:
+    """Open ``path`` and describe its streams; raise :class:`InputError` when it is not usable media.
+
+    Only headers are read, plus one frame of a video; ``limits`` (size, picture dimensions) are
+    checked before that frame is decoded, so a decompression bomb is refused by its header."""
+    limits = limits or Limits()
     p = Path(path)
     if not p.exists():
         raise InputError(f"File not found: {p}")
@@ -49,6 +56,9 @@ def probe(path: str | os.PathLike) -> MediaInfo:
         raise InputError(f"{p} is a folder; give a media file instead.")
     if p.stat().st_size == 0:
         raise InputError(f"{p.name} is empty (0 bytes); give a real media file.")
+    check_size(p.name, p.stat().st_size, limits)
+    if dims := _header_dims(p):  # FFmpeg decodes a still to probe it: refuse a bomb before that
+        check_picture_size(p.name, *dims, limits)
     try:
         container = av.open(str(p), metadata_errors="ignore")
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
@@ -68,8 +78,9 @@ def probe(path: str | os.PathLike) -> MediaInfo:
             cc = v.codec_context
             is_image = fmt.split(",")[0] in _IMAGE_FORMATS or (cc.name in _IMAGE_CODECS and (v.frames or 0) <= 1
                                                                 and duration <= 0.1)
-            rotation = _rotation(container, v)
             w, h = int(cc.width or 0), int(cc.height or 0)
+            check_picture_size(p.name, w, h, limits)  # before _rotation decodes a frame
+            rotation = _rotation(container, v)
             if rotation in (90, 270):
                 w, h = h, w
             if w <= 0 or h <= 0:
@@ -80,9 +91,49 @@ def probe(path: str | os.PathLike) -> MediaInfo:
                         rotation=rotation, video_codec=cc.name, duration=0.0 if is_image else duration)
         elif astreams:
             info["kind"] = "audio"
+            _check_pcm_length(p, astreams[0])
         else:
             raise InputError(f"{p.name} holds neither audio nor video.")
     return MediaInfo(**info)
+
+
+def _check_pcm_length(p: Path, stream: av.stream.Stream) -> None:
+    """A WAV header states its length; one that claims far more than the file holds is lying or truncated.
+    FFmpeg quietly plays what is there, so a 44-byte file could otherwise pose as two hours of speech."""
+    cc = stream.codec_context
+    if not cc.name.startswith("pcm_"):
+        return
+    with open(p, "rb") as f:
+        head = f.read(4096)
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return
+    pos = 12
+    while pos + 8 <= len(head):
+        tag, size = head[pos:pos + 4], int.from_bytes(head[pos + 4:pos + 8], "little")
+        if tag == b"data":
+            if size in (0, 0xFFFFFFFF):  # streamed WAVs leave the size open
+                return
+            bytes_per_s = int(cc.sample_rate or 0) * int(cc.channels or 1) * max(1, (cc.format.bits if cc.format
+                                                                                  else 16) // 8)
+            held = p.stat().st_size - (pos + 8)
+            if bytes_per_s and size > 2 * bytes_per_s and held < size / 2:
+                raise InputError(f"{p.name}'s header claims {size / bytes_per_s:.0f} s of sound but the file holds "
+                                 f"only {max(0, held) / bytes_per_s:.1f} s; it is truncated or damaged.")
+            return
+        pos += 8 + size + (size & 1)
+
+
+def _header_dims(p: Path) -> tuple[int, int] | None:
+    """Picture size from an image file's header alone (Pillow opens lazily), or None if not an image."""
+    try:
+        from PIL import Image
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its DecompressionBombWarning: we refuse those ourselves
+            with Image.open(p) as im:
+                return int(im.width), int(im.height)
+    except Exception:  # noqa: BLE001 - not an image Pillow knows: FFmpeg will tell
+        return None
 
 
 def _is_cover_art(stream: av.stream.Stream) -> bool:
@@ -124,5 +175,8 @@ def _rotation(container: av.container.InputContainer, v: av.video.stream.VideoSt
 
 
 def _short(e: Exception) -> str:
+    """FFmpeg's reason without its errno and the path it repeats."""
     text = str(e).strip().split("\n")[0]
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", text)
+    text = re.sub(r"\s*:\s*'[^']*'$", "", text)
     return text[:120]

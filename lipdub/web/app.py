@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 
 from lipdub import __version__
-from lipdub.jobs.service import Settings, Studio, ValidationError
+from lipdub.jobs.service import DiskFull, Settings, Studio, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ def create_app(settings: Settings, studio: Studio | None = None) -> FastAPI:
 
     app.include_router(router)
     app.add_exception_handler(ValidationError, validation_error_handler)
+    app.add_exception_handler(DiskFull, lambda _r, e: JSONResponse(status_code=507, content={"detail": str(e)}))
 
     import gradio as gr
 
@@ -42,9 +44,27 @@ def create_app(settings: Settings, studio: Studio | None = None) -> FastAPI:
 
     demo = build_ui(studio)
     demo.queue(default_concurrency_limit=None)
-    return gr.mount_gradio_app(app, demo, path="/", allowed_paths=[str(studio.storage.root / "jobs")],
+    app = gr.mount_gradio_app(app, demo, path="/", allowed_paths=[str(studio.storage.root / "jobs")],
                                max_file_size=int(settings.max_upload_mb * 1024 * 1024), css=CSS,
                                footer_links=["api"], ssr_mode=False)
+    _guard(app, settings, studio)
+    return app
+
+
+def _guard(app: FastAPI, settings: Settings, studio: Studio) -> None:
+    """Auth, size and rate limits in front of everything (API and UI); CORS only when asked for."""
+    from fastapi.middleware.cors import CORSMiddleware
+
+    from lipdub.web.security import Guard, RateLimiter, resolve_auth
+
+    # Always present, even with no origin allowed: Gradio stands its own CORS aside only when the parent
+    # app has one, and Gradio's reflects any Origin as soon as the Host is not localhost.
+    app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
+                       allow_headers=["*"], allow_credentials=False)
+    limiter = RateLimiter(settings.rate_per_minute, settings.rate_burst) if settings.rate_per_minute > 0 else None
+    # Added last, so it runs first: nothing (CORS preflight included) reaches the app unauthenticated.
+    app.add_middleware(Guard, auth=resolve_auth(settings.auth, settings.host, studio.storage.root),
+                       max_body=int(settings.max_request_mb * 1024 * 1024), limiter=limiter)
 
 
 def serve(settings: Settings) -> None:

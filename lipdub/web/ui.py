@@ -88,7 +88,7 @@ def _describe(path: str | None, role: str, studio: Studio) -> str:
     if not path:
         return ""
     try:
-        info = check_media(path, role, max_duration_s=studio.settings.max_duration_s)
+        info = check_media(path, role, limits=studio.settings.limits)
     except ValidationError as e:
         return f"**Refused:** {e}"
     size = Path(path).stat().st_size
