@@ -125,3 +125,15 @@ def wait_job(client: httpx.Client, job_id: str, *, until=TERMINAL, timeout: floa
             return job
         time.sleep(0.5)
     raise AssertionError(f"job {job_id} still {job.get('status')} after {timeout} s: {job}")
+
+
+class NoRender:
+    """A dispatcher that renders nothing: for tests about answers at the door (validation, auth, limits)."""
+
+    workers = 0
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def notify(self) -> None: ...
+    def busy(self) -> int:
+        return 0

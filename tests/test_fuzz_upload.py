@@ -7,22 +7,12 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from studio_support import need_media
+from studio_support import NoRender, need_media
 
 from lipdub.jobs.service import Settings, Studio
 from lipdub.web.app import create_app
 
 pytestmark = pytest.mark.timeout(300)
-
-
-class NoRender:
-    workers = 0
-
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
-    def notify(self) -> None: ...
-    def busy(self) -> int:
-        return 0
 
 
 def _seeds() -> list[bytes]:

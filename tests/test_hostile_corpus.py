@@ -10,7 +10,7 @@ import pytest
 from conftest import MEDIA, media, needs_media, run_cli
 from fastapi.testclient import TestClient
 from hostile_corpus import Case, build
-from studio_support import short_audio
+from studio_support import NoRender, short_audio
 
 from lipdub.jobs.service import Settings, Studio
 from lipdub.web.app import create_app
@@ -87,18 +87,6 @@ def test_cli_render_cases(corpus, good, tmp_path, audio_id: str | None, face_id:
         assert not out.exists()
 
 
-class _NoRender:
-    """A dispatcher that renders nothing: the API corpus is about answers at the door."""
-
-    workers = 0
-
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
-    def notify(self) -> None: ...
-    def busy(self) -> int:
-        return 0
-
-
 def _tree(root: Path) -> set[str]:
     return {str(p) for p in root.rglob("*")}
 
@@ -107,7 +95,7 @@ def test_api_corpus(corpus, good, tmp_path) -> None:
     data = tmp_path / "data"
     settings = Settings(data_dir=data, device="cpu", workers=1, rate_per_minute=0)  # rate: test_security
     outside_before = _tree(tmp_path) | _tree(Path(os.getcwd()))
-    app = create_app(settings, Studio(settings, dispatcher=_NoRender()))
+    app = create_app(settings, Studio(settings, dispatcher=NoRender()))
     answers = {}
     with TestClient(app) as client:
         for case in CASES:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from studio_support import need_media, short_audio, wait_job
+from studio_support import NoRender, need_media, short_audio, wait_job
 
 from lipdub.jobs.runner import LocalDispatcher
 from lipdub.jobs.service import Settings, Studio
@@ -21,16 +21,6 @@ from lipdub.web.app import create_app
 from lipdub.web.security import TOKEN_FILE, parse_auth
 
 pytestmark = pytest.mark.timeout(300)
-
-
-class NoRender:
-    workers = 0
-
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
-    def notify(self) -> None: ...
-    def busy(self) -> int:
-        return 0
 
 
 def _app(data: Path, **kw) -> TestClient:

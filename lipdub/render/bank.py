@@ -27,7 +27,7 @@ from lipdub.render.masks import lower_face_polygon
 
 log = logging.getLogger(__name__)
 
-BANK_VERSION = 2
+BANK_VERSION = 3
 # Points that do not move when speaking: eye corners and the nose bridge. Alignment is fitted on them.
 STABLE = [33, 133, 362, 263, 168, 6, 197, 195, 5]
 NOSE_TIP = 4
@@ -36,12 +36,40 @@ NOSE_TIP = 4
 REGION_MARGIN = 0.45
 
 
+class BankImages:
+    """The bank's lower-face crops, on disk in one raw file, read one entry at a time.
+
+    Reads go through os.pread rather than a memory map: mapped pages count as the process's resident
+    memory, and a 1080p bank of a long template would then look like gigabytes of RSS.
+    """
+
+    def __init__(self, path: Path, count: int, h: int, w: int, rows: np.ndarray | None = None) -> None:
+        self.path = path
+        self.shape = (count if rows is None else len(rows), h, w, 3)
+        self._size = h * w * 3
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, j: int) -> np.ndarray:
+        k = int(self._rows[j]) if self._rows is not None else int(j)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            data = os.pread(fd, self._size, k * self._size)
+        finally:
+            os.close(fd)
+        if len(data) != self._size:
+            raise OSError(f"mouth bank entry {k} is truncated in {self.path}")
+        return np.frombuffer(data, np.uint8).reshape(self.shape[1:])
+
+
 @dataclass
 class MouthBank:
     """Lower-face crops and descriptors of the template frames that have a face."""
 
     frames: np.ndarray  # (S,) int: template frame index of each entry
-    images: np.ndarray  # (S, H, W, 3) uint8 BGR, usually a read-only memmap
+    images: BankImages  # (S, H, W, 3) uint8 BGR crops, read from disk on demand
     origin: np.ndarray  # (S, 2) int32: top-left corner of each image in the frame
     gap: np.ndarray  # (S,) inner-lip gap / inter-ocular distance
     width: np.ndarray  # (S,) mouth corner distance / inter-ocular distance
@@ -149,7 +177,7 @@ def build_bank(avatar: Avatar, info: MediaInfo, folder: Path) -> MouthBank:
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(idx), h, w, 3))
+    images = open(tmp / "images.u8", "wb")  # noqa: SIM115 - written frame by frame, closed below
     slot = {int(i): k for k, i in enumerate(idx)}
     n_desc = len(idx)
     gap, width, rnd, teeth = (np.zeros(n_desc, np.float32) for _ in range(4))
@@ -164,20 +192,22 @@ def build_bank(avatar: Avatar, info: MediaInfo, folder: Path) -> MouthBank:
             continue
         x0, y0 = origins[k]
         crop = crop_bgr(frame, (int(x0), int(y0), int(x0) + w, int(y0) + h))
-        images[k] = crop
+        images.seek(k * h * w * 3)
+        images.write(np.ascontiguousarray(crop).tobytes())
         lm = avatar.landmarks[idx[k]] - origins[k].astype(np.float32)
         gap[k], width[k], rnd[k] = shape_descriptors(lm)
         teeth[k] = teeth_score(crop, lm)
         light[k] = _lower_face_light(crop, lm)
         filled[k] = True
-    images.flush()
-    del images
+    images.truncate(len(idx) * h * w * 3)  # entries the decoder never delivered read as zeros
+    images.close()
     gap, width, rnd = (_delag(a, idx) for a in (gap, width, rnd))
     if not filled.all():
         log.warning("The mouth bank is missing %d of %d template frames.", int((~filled).sum()), n_desc)
     np.savez(tmp / "meta.npz", frames=idx[filled], origin=origins[filled], gap=gap[filled], width=width[filled],
              round=rnd[filled], teeth=teeth[filled], pose=pose[filled], light=light[filled], filled=filled)
-    (tmp / "info.json").write_text(json.dumps({"version": BANK_VERSION, "key": avatar.key}))
+    (tmp / "info.json").write_text(json.dumps({"version": BANK_VERSION, "key": avatar.key, "count": len(idx),
+                                               "height": h, "width": w}))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
     log.info("Mouth bank: %d frames of %dx%d px.", int(filled.sum()), w, h)
@@ -190,14 +220,16 @@ def load_bank(avatar: Avatar, folder: Path) -> MouthBank | None:
         meta = json.loads((folder / "info.json").read_text())
         if meta.get("version") != BANK_VERSION or meta.get("key") != avatar.key:
             return None
-        images = np.load(folder / "images.npy", mmap_mode="r")
+        count, h, w = int(meta["count"]), int(meta["height"]), int(meta["width"])
+        if (folder / "images.u8").stat().st_size != count * h * w * 3:
+            return None
         with np.load(folder / "meta.npz") as z:
             d = {k: z[k] for k in z.files}
     except (OSError, ValueError, KeyError):
         return None
     filled = d.pop("filled")
-    if not filled.all():
-        images = images[np.flatnonzero(filled)]  # rare: a frame the decoder did not deliver
+    # Rarely a frame the decoder did not deliver leaves a hole: index around it.
+    images = BankImages(folder / "images.u8", count, h, w, None if filled.all() else np.flatnonzero(filled))
     return MouthBank(d["frames"], images, d["origin"], d["gap"], d["width"], d["round"], d["teeth"], d["pose"],
                      d["light"])
 
