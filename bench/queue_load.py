@@ -25,29 +25,16 @@ from pathlib import Path
 import av
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import cut_audio  # noqa: E402  (the tests' helper for cutting real speech)
+
 REPO = Path(__file__).resolve().parents[1]
 MEDIA = REPO.parent / "shared" / "media"
 log = logging.getLogger("queue_load")
 
 
 def clip(src: Path, dst: Path, seconds: float) -> Path:
-    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
-        ins = inp.streams.audio[0]
-        rate = ins.codec_context.sample_rate
-        st = out.add_stream("pcm_s16le", rate=rate, layout="mono")
-        res = av.AudioResampler(format="s16", layout="mono", rate=rate)
-        limit, done = int(seconds * rate), 0
-        for frame in inp.decode(ins):
-            frame.pts = None
-            for f in res.resample(frame):
-                if done < limit:
-                    f.pts = None
-                    done += f.samples
-                    for p in st.encode(f):
-                        out.mux(p)
-        for p in st.encode(None):
-            out.mux(p)
-    return dst
+    return cut_audio(src, dst, seconds)
 
 
 def free_port() -> int:

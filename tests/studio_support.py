@@ -29,28 +29,11 @@ def need_media(*names: str) -> list[Path]:
 
 
 def short_audio(dst: Path, seconds: float = 2.0, src: str = "en_radio_8s.wav") -> Path:
-    """The first ``seconds`` of a shared speech file as 16-bit WAV."""
-    import av
+    """The first ``seconds`` of a shared speech file, as a file of ``dst``'s format."""
+    from conftest import cut_audio
 
     (path,) = need_media(src)
-    with av.open(str(path)) as inp, av.open(str(dst), "w") as out:
-        ins = inp.streams.audio[0]
-        rate = ins.codec_context.sample_rate
-        st = out.add_stream("pcm_s16le", rate=rate, layout="mono")
-        res = av.AudioResampler(format="s16", layout="mono", rate=rate)
-        limit, done = int(seconds * rate), 0
-        for frame in inp.decode(ins):
-            frame.pts = None
-            for f in res.resample(frame):
-                if done >= limit:
-                    break
-                f.pts = None
-                done += f.samples
-                for p in st.encode(f):
-                    out.mux(p)
-        for p in st.encode(None):
-            out.mux(p)
-    return dst
+    return cut_audio(path, dst, seconds)
 
 
 def mp4_facts(path: Path) -> dict:
