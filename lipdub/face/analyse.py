@@ -12,7 +12,7 @@ import numpy as np
 from lipdub.errors import NoFaceError
 from lipdub.face.avatar import ANALYSIS_VERSION, Avatar, content_hash, default_cache_root
 from lipdub.face.landmarks import N_POINTS, FaceMesh
-from lipdub.face.tracking import OneEuroFilter, choose_main_face
+from lipdub.face.tracking import choose_main_face, smooth_landmarks
 from lipdub.media.decode import VideoDecoder, load_image, output_size
 from lipdub.media.frames import crop_bgr, to_rgb
 from lipdub.media.probe import MediaInfo
@@ -70,7 +70,6 @@ def _analyse_image(info: MediaInfo) -> np.ndarray:
 
 def _analyse_video(info: MediaInfo, fps: Fraction, progress: Callable[[float], None] | None) -> np.ndarray:
     decoder = VideoDecoder(info, fps)
-    smoother = OneEuroFilter(float(fps))
     window = _FaceWindow(*output_size(info))
     rows: list[np.ndarray] = []
     previous: np.ndarray | None = None
@@ -78,16 +77,13 @@ def _analyse_video(info: MediaInfo, fps: Fraction, progress: Callable[[float], N
     with FaceMesh(track=True) as mesh:
         for k, frame in decoder.frames():
             main = window.find(mesh, frame, previous)
-            if main is None:
-                smoother.reset()
-                previous = None
-                rows.append(np.full((N_POINTS, 2), np.nan, np.float32))
-            else:
-                previous = main
-                rows.append(smoother(main))
+            previous = main
+            rows.append(np.full((N_POINTS, 2), np.nan, np.float32) if main is None else main.astype(np.float32))
             if progress and k % 10 == 0:
                 progress(min(1.0, (k + 1) / expected))
-    return np.stack(rows).astype(np.float32) if rows else np.zeros((0, N_POINTS, 2), np.float32)
+    if not rows:
+        return np.zeros((0, N_POINTS, 2), np.float32)
+    return smooth_landmarks(np.stack(rows), float(fps))
 
 
 class _FaceWindow:

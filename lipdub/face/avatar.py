@@ -14,7 +14,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 # Bump when the analysis changes, so old caches are not reused.
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 2  # 2: zero-phase landmark smoothing
 
 
 @dataclass

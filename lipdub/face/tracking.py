@@ -6,7 +6,21 @@ import math
 
 import numpy as np
 
-from lipdub.face.landmarks import inter_ocular
+from lipdub.face.landmarks import (
+    JAW,
+    LIPS_INNER_LOWER,
+    LIPS_INNER_UPPER,
+    LIPS_OUTER_LOWER,
+    LIPS_OUTER_UPPER,
+    inter_ocular,
+)
+
+# Lips and jaw move several times faster than the head: they get a lighter filter. Measured against
+# an independent tracker (dlib) on the four talking videos in ../shared/media, the lip gap's
+# correlation with it at lag 0 is 0.94-0.97 raw, 0.88-0.95 under the head's filter, and 0.95-0.97
+# under this one.
+SPEECH_POINTS = sorted(set(JAW + LIPS_INNER_LOWER + LIPS_INNER_UPPER + LIPS_OUTER_LOWER + LIPS_OUTER_UPPER))
+SPEECH_FILTER = {"min_cutoff": 6.0, "beta": 1.0}
 
 
 def choose_main_face(faces: list[np.ndarray], frame_size: tuple[int, int],
@@ -38,8 +52,10 @@ class OneEuroFilter:
     normalised by the face size so the settings hold for any resolution.
     """
 
-    def __init__(self, fps: float, min_cutoff: float = 1.7, beta: float = 0.3, d_cutoff: float = 1.0) -> None:
+    def __init__(self, fps: float, min_cutoff: float = 1.7, beta: float = 0.3, d_cutoff: float = 1.0,
+                 scale: float | None = None) -> None:
         self.fps = fps
+        self.fixed_scale = scale  # for a subset of the points, whose own eye distance cannot be measured
         self.min_cutoff, self.beta, self.d_cutoff = min_cutoff, beta, d_cutoff
         self.reset()
 
@@ -56,7 +72,7 @@ class OneEuroFilter:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self._x is None:
             # The face size at the first frame fixes the unit, so a zoom does not jolt the state.
-            self._scale = max(float(inter_ocular(x)), 1.0)
+            self._scale = self.fixed_scale or max(float(inter_ocular(x)), 1.0)
             self._x, self._dx = x / self._scale, np.zeros_like(x)
             return x.copy()
         scale = self._scale
@@ -68,3 +84,29 @@ class OneEuroFilter:
         a = self._alpha(cutoff, self.fps)
         self._x = a * xn + (1 - a) * self._x
         return (self._x * scale).astype(np.float32)
+
+
+def smooth_landmarks(raw: np.ndarray, fps: float) -> np.ndarray:
+    """Zero-phase smoothing of a whole landmark track, (n, points, 2) with NaN rows where no face was found.
+
+    A causal filter lags the pixels by about a frame, so a mouth measured on frame i would really be
+    frame i-1's. The template is analysed offline, so each run of found frames is filtered forwards
+    and backwards and the two are averaged: their lags cancel, and jitter is still smoothed. Lips and
+    jaw (``SPEECH_POINTS``) get a lighter filter than the rest of the face.
+    """
+    out = raw.astype(np.float32, copy=True)
+    found = ~np.isnan(raw[:, 0, 0])
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], found.astype(np.int8), [0]])))
+    for start, stop in zip(edges[::2], edges[1::2], strict=True):
+        seg = raw[start:stop]
+        scale = max(float(inter_ocular(seg[0])), 1.0)
+        out[start:stop] = _zero_phase(seg, fps, scale)
+        out[start:stop, SPEECH_POINTS] = _zero_phase(seg[:, SPEECH_POINTS], fps, scale, **SPEECH_FILTER)
+    return out
+
+
+def _zero_phase(seg: np.ndarray, fps: float, scale: float, **settings: float) -> np.ndarray:
+    forward, backward = OneEuroFilter(fps, scale=scale, **settings), OneEuroFilter(fps, scale=scale, **settings)
+    fwd = np.stack([forward(x) for x in seg])
+    bwd = np.stack([backward(x) for x in seg[::-1]])[::-1]
+    return (fwd + bwd) / 2

@@ -27,7 +27,7 @@ from lipdub.render.masks import lower_face_polygon
 
 log = logging.getLogger(__name__)
 
-BANK_VERSION = 3
+BANK_VERSION = 4
 # Points that do not move when speaking: eye corners and the nose bridge. Alignment is fitted on them.
 STABLE = [33, 133, 362, 263, 168, 6, 197, 195, 5]
 NOSE_TIP = 4
@@ -148,20 +148,6 @@ def _region_boxes(avatar: Avatar, idx: np.ndarray) -> tuple[np.ndarray, int, int
     return origins, h, w
 
 
-def _delag(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Shape measured on the next frame where there is one.
-
-    The avatar's landmarks are temporally smoothed and lag the pixels by about a frame: measured
-    against an independent tracker (dlib) on the four talking videos in ../shared/media, the lip
-    gap of frame s+1 matches the pixels of frame s best (r 0.87-0.94 against 0.79-0.90 unshifted).
-    """
-    out = values.copy()
-    nxt = np.searchsorted(idx, idx + 1)
-    ok = (nxt < len(idx)) & (idx[np.minimum(nxt, len(idx) - 1)] == idx + 1)
-    out[ok] = values[nxt[ok]]
-    return out
-
-
 def _lower_face_light(bgr: np.ndarray, lm: np.ndarray) -> np.ndarray:
     poly = lower_face_polygon(lm, chin_margin=0.0)
     mask = np.zeros(bgr.shape[:2], np.uint8)
@@ -201,7 +187,6 @@ def build_bank(avatar: Avatar, info: MediaInfo, folder: Path) -> MouthBank:
         filled[k] = True
     images.truncate(len(idx) * h * w * 3)  # entries the decoder never delivered read as zeros
     images.close()
-    gap, width, rnd = (_delag(a, idx) for a in (gap, width, rnd))
     if not filled.all():
         log.warning("The mouth bank is missing %d of %d template frames.", int((~filled).sum()), n_desc)
     np.savez(tmp / "meta.npz", frames=idx[filled], origin=origins[filled], gap=gap[filled], width=width[filled],

@@ -13,6 +13,9 @@ FEATHER = 0.20  # x inter-ocular distance
 # Towards the ears the margin shrinks to SIDE_MARGIN, keeping hair and background beside the face.
 CHIN_MARGIN = 0.32
 SIDE_MARGIN = 0.08
+# The source's own outline only ever widens the mask within this far past the frame's jaw (x iod):
+# a source turned further than the frame would otherwise bring its hair or ear over the cheek.
+REACH = 0.45
 
 
 def composite_polygon(lm: np.ndarray) -> np.ndarray:
@@ -38,7 +41,8 @@ def composite_alpha(lm_template: np.ndarray, lm_source: np.ndarray, shape: tuple
     iod = float(inter_ocular(lm_template))
     a = polygon_alpha(composite_polygon(lm_template), shape, FEATHER * iod)
     b = polygon_alpha(composite_polygon(lm_source), shape, FEATHER * iod)
-    return np.maximum(a, b)
+    reach = polygon_alpha(lower_face_polygon(lm_template, chin_margin=REACH), shape, 0.5 * FEATHER * iod)
+    return np.maximum(a, np.minimum(b, reach))
 
 
 def match_colour(patch: np.ndarray, target: np.ndarray, alpha: np.ndarray, lm: np.ndarray) -> np.ndarray:
