@@ -19,11 +19,13 @@ import numpy as np
 
 from lipdub.face.avatar import Avatar
 from lipdub.face.landmarks import (
+    CHIN,
     JAW,
     LIPS_INNER_LOWER,
     LIPS_INNER_UPPER,
     LIPS_OUTER_LOWER,
     LIPS_OUTER_UPPER,
+    eye_centres,
     inter_ocular,
     lip_gap,
 )
@@ -45,6 +47,33 @@ EXTRAPOLATE = 0.02
 _OUTLINE = [205, 425, 98, 2, 327, 93, 132, 323, 361, 58, 288, 50, 280, 187, 411, 147, 376]
 # Points that carry the source's mouth shape through the outline correction: lips and lower jaw.
 _SHAPE = sorted(set(LIPS_INNER_LOWER + LIPS_INNER_UPPER + LIPS_OUTER_LOWER + LIPS_OUTER_UPPER + JAW[3:16]))
+
+
+_LIPS = sorted(set(LIPS_INNER_LOWER + LIPS_INNER_UPPER + LIPS_OUTER_LOWER + LIPS_OUTER_UPPER))
+_LOWER_JAW = JAW[3:16]
+
+
+def fitted_shape(lm_frame: np.ndarray, lm_source: np.ndarray) -> np.ndarray:
+    """Where the aligned source's points should go on the frame: its mouth on the frame's face.
+
+    A similarity from the eyes and nose cannot undo a difference in head turn or tilt, so the
+    source's jaw would land wider, narrower or off to one side, and the face would change shape.
+    Instead the jaw contour is the frame's own, lowered or raised by as much as the source's chin
+    differs (fading towards the ears), and the lips keep the source's shape centred where the
+    frame has its mouth; the mask outline stays where the frame has it.
+    """
+    dst = lm_source.copy()
+    dst[_OUTLINE] = lm_frame[_OUTLINE]
+    le, re = eye_centres(lm_frame)
+    across = (re - le) / max(float(np.linalg.norm(re - le)), 1e-6)
+    down = np.array([-across[1], across[0]], np.float32)
+    drop = float((lm_source[CHIN] - lm_frame[CHIN]) @ down)
+    k = np.abs(np.arange(len(_LOWER_JAW)) - (len(_LOWER_JAW) - 1) / 2) / ((len(_LOWER_JAW) + 1) / 2)
+    weight = np.cos(k * np.pi / 2) ** 2
+    dst[_LOWER_JAW] = lm_frame[_LOWER_JAW] + (weight * drop)[:, None] * down
+    shift = float((lm_frame[_LIPS].mean(0) - lm_source[_LIPS].mean(0)) @ across)
+    dst[_LIPS] = lm_source[_LIPS] + shift * across
+    return dst
 
 
 def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -136,8 +165,7 @@ class RetrievalRenderer(Renderer):
         x1, y1 = x0 + bw, y0 + bh
         # The mask outline (cheeks, nose base, upper jaw) goes where the template frame has it; the
         # lips and chin stay as the source has them: its mouth shape is the point.
-        dst = lm_a.copy()
-        dst[_OUTLINE] = lm_t[_OUTLINE]
+        dst = fitted_shape(lm_t, lm_a)
         maps = piecewise_affine_maps(lm_a, dst, lower_face_polygon(lm_t, chin_margin=0.45),
                                              (x0, y0, x1, y1), _OUTLINE + _SHAPE)
         if maps is None:
