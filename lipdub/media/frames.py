@@ -36,12 +36,16 @@ def rotate(frame: np.ndarray, degrees: int) -> np.ndarray:
     return pack(*(np.ascontiguousarray(np.rot90(p, k)) for p in planes(frame)))
 
 
-def crop_bgr(frame: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """BGR copy of an even-aligned box (x0, y0, x1, y1) of a packed I420 frame."""
+def crop_i420(frame: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Packed I420 copy of an even-aligned box (x0, y0, x1, y1) of a packed I420 frame."""
     x0, y0, x1, y1 = box
     y, u, v = planes(frame)
-    sub = pack(y[y0:y1, x0:x1], u[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2], v[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2])
-    return cv2.cvtColor(sub, cv2.COLOR_YUV2BGR_I420)
+    return pack(y[y0:y1, x0:x1], u[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2], v[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2])
+
+
+def crop_bgr(frame: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """BGR copy of an even-aligned box (x0, y0, x1, y1) of a packed I420 frame."""
+    return cv2.cvtColor(crop_i420(frame, box), cv2.COLOR_YUV2BGR_I420)
 
 
 def to_rgb(frame: np.ndarray, max_side: int | None = None) -> tuple[np.ndarray, float]:

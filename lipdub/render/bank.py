@@ -1,7 +1,7 @@
 """Mouth bank: every template frame's lower face at full resolution, with landmark descriptors.
 
-Built once per avatar and cached in ``avatar.cache_dir`` (images as a raw uint8 memmap, so a long
-template costs disk, not memory); the retrieval engine picks from it the source frame whose mouth
+Built once per avatar and cached in ``avatar.cache_dir`` (images as raw I420 on disk, read one entry
+at a time, so a long template costs disk, not memory); the retrieval engine picks from it the source frame whose mouth
 matches each output frame.
 """
 
@@ -21,13 +21,13 @@ import numpy as np
 from lipdub.face.avatar import Avatar
 from lipdub.face.landmarks import LIPS_INNER_LOWER, LIPS_INNER_UPPER, eye_centres, inter_ocular, lip_gap
 from lipdub.media.decode import VideoDecoder
-from lipdub.media.frames import crop_bgr
+from lipdub.media.frames import crop_i420
 from lipdub.media.probe import MediaInfo
 from lipdub.render.masks import lower_face_polygon
 
 log = logging.getLogger(__name__)
 
-BANK_VERSION = 4
+BANK_VERSION = 5  # 5: entries stored as I420
 # Points that do not move when speaking: eye corners and the nose bridge. Alignment is fitted on them.
 STABLE = [33, 133, 362, 263, 168, 6, 197, 195, 5]
 NOSE_TIP = 4
@@ -46,7 +46,7 @@ class BankImages:
     def __init__(self, path: Path, count: int, h: int, w: int, rows: np.ndarray | None = None) -> None:
         self.path = path
         self.shape = (count if rows is None else len(rows), h, w, 3)
-        self._size = h * w * 3
+        self._size = entry_bytes(h, w)
         self._rows = rows
 
     def __len__(self) -> int:
@@ -61,7 +61,13 @@ class BankImages:
             os.close(fd)
         if len(data) != self._size:
             raise OSError(f"mouth bank entry {k} is truncated in {self.path}")
-        return np.frombuffer(data, np.uint8).reshape(self.shape[1:])
+        h, w = self.shape[1:3]
+        return cv2.cvtColor(np.frombuffer(data, np.uint8).reshape(h * 3 // 2, w), cv2.COLOR_YUV2BGR_I420)
+
+
+def entry_bytes(h: int, w: int) -> int:
+    """Bytes of one stored entry: I420, as decoded (half the size of BGR, and no conversion to store it)."""
+    return h * w * 3 // 2
 
 
 @dataclass
@@ -177,15 +183,16 @@ def build_bank(avatar: Avatar, info: MediaInfo, folder: Path) -> MouthBank:
         if k is None:
             continue
         x0, y0 = origins[k]
-        crop = crop_bgr(frame, (int(x0), int(y0), int(x0) + w, int(y0) + h))
-        images.seek(k * h * w * 3)
-        images.write(np.ascontiguousarray(crop).tobytes())
+        stored = crop_i420(frame, (int(x0), int(y0), int(x0) + w, int(y0) + h))
+        images.seek(k * entry_bytes(h, w))
+        images.write(stored.tobytes())
+        crop = cv2.cvtColor(stored, cv2.COLOR_YUV2BGR_I420)
         lm = avatar.landmarks[idx[k]] - origins[k].astype(np.float32)
         gap[k], width[k], rnd[k] = shape_descriptors(lm)
         teeth[k] = teeth_score(crop, lm)
         light[k] = _lower_face_light(crop, lm)
         filled[k] = True
-    images.truncate(len(idx) * h * w * 3)  # entries the decoder never delivered read as zeros
+    images.truncate(len(idx) * entry_bytes(h, w))  # entries the decoder never delivered read as zeros
     images.close()
     if not filled.all():
         log.warning("The mouth bank is missing %d of %d template frames.", int((~filled).sum()), n_desc)
@@ -206,7 +213,7 @@ def load_bank(avatar: Avatar, folder: Path) -> MouthBank | None:
         if meta.get("version") != BANK_VERSION or meta.get("key") != avatar.key:
             return None
         count, h, w = int(meta["count"]), int(meta["height"]), int(meta["width"])
-        if (folder / "images.u8").stat().st_size != count * h * w * 3:
+        if (folder / "images.u8").stat().st_size != count * entry_bytes(h, w):
             return None
         with np.load(folder / "meta.npz") as z:
             d = {k: z[k] for k in z.files}
