@@ -23,7 +23,7 @@ from lipdub.audio import analyse as analyse_audio
 from lipdub.device import Device, select_device
 from lipdub.errors import InputError, LipdubError
 from lipdub.face.analyse import analyse_template
-from lipdub.face.avatar import Avatar
+from lipdub.face.avatar import Avatar, default_cache_root
 from lipdub.media.audio import load_audio
 from lipdub.media.decode import TemplateFrames, load_image, output_size, pingpong_indices
 from lipdub.media.encode import VideoWriter, nvenc_available
@@ -32,6 +32,8 @@ from lipdub.media.frames import blend_bgr, crop_bgr
 from lipdub.media.limits import Limits, check_audio, check_face
 from lipdub.media.probe import MediaInfo, probe
 from lipdub.render import FrameTask, RenderContext, create_renderer, engine_class, engine_for
+from lipdub.render.bank import BankWriter, bank_folder
+from lipdub.render.retrieval import RetrievalRenderer
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +103,18 @@ def generate(audio: str | os.PathLike, face: str | os.PathLike, out: str | os.Pa
     _check_cancel(cancel)
 
     report("analysing template", 0.0, "finding the face")
-    avatar = analyse_template(f_info, out_fps, Path(cache_dir) if cache_dir else None,
-                              progress=lambda f: report("analysing template", f, "finding the face"))
+    cache_root = Path(cache_dir) if cache_dir else default_cache_root()
+    # The mouth bank is filled during the analysis's own decode, so a new template is decoded once.
+    bank = BankWriter(cache_root / "avatars", *output_size(f_info)) if (
+        f_info.kind == "video" and engine in ("auto", RetrievalRenderer.name)) else None
+    try:
+        avatar = analyse_template(f_info, out_fps, cache_root, frame_sink=bank,
+                                  progress=lambda f: report("analysing template", f, "finding the face"))
+        if bank is not None and len(bank):
+            bank.finish(avatar, bank_folder(avatar))
+    finally:
+        if bank is not None:
+            bank.discard()
     _check_cancel(cancel)
 
     engine_name = engine_for(engine, avatar)

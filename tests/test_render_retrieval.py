@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from fractions import Fraction
+from pathlib import Path
 from types import SimpleNamespace
 
 import av
 import numpy as np
 import pytest
-from conftest import media
+from conftest import cut_audio, media
 
 from lipdub.audio.track import MouthTrack
 from lipdub.device import select_device
@@ -18,7 +19,7 @@ from lipdub.face.landmarks import inter_ocular
 from lipdub.media.audio import AudioClip
 from lipdub.media.decode import TemplateFrames, pingpong_indices
 from lipdub.media.probe import probe
-from lipdub.pipeline import _render_chunk
+from lipdub.pipeline import _render_chunk, generate
 from lipdub.render import RenderContext, engine_for
 from lipdub.render import bank as bank_mod
 from lipdub.render.masks import lower_face_polygon, polygon_alpha
@@ -114,7 +115,7 @@ def test_bank_is_cached_with_the_avatar(short_template: tuple, monkeypatch: pyte
     info, avatar = short_template
     first = bank_mod.mouth_bank(avatar, info)
     assert len(first) == int(avatar.found.sum())
-    assert first.images.shape[1] > 0.5 * float(np.median(inter_ocular(avatar.landmarks[avatar.found])))
+    assert first.images.shapes[:, 0].min() > 0.5 * float(np.median(inter_ocular(avatar.landmarks[avatar.found])))
 
     def fail(*_: object) -> None:
         raise AssertionError("the bank was rebuilt")
@@ -175,3 +176,34 @@ def test_logs_plan(short_template: tuple, caplog: pytest.LogCaptureFixture) -> N
     with caplog.at_level(logging.INFO, logger="lipdub.render.retrieval"):
         RetrievalRenderer(select_device("cpu")).prepare(ctx)
     assert any("Retrieval plan" in r.getMessage() for r in caplog.records)
+
+
+def test_a_new_template_is_decoded_once_and_its_bank_matches_a_rebuilt_one(
+        short_template: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The analysis pass fills the mouth bank; the separate build (for avatars analysed before) agrees."""
+    info, _ = short_template
+
+    def fail(*_: object) -> None:
+        raise AssertionError("the bank was built by a second decode")
+
+    monkeypatch.setattr(bank_mod, "build_bank", fail)
+    audio = cut_audio(media("en_radio_8s.wav"), tmp_path / "a.wav", 1.0)
+    result = generate(audio, info.path, tmp_path / "out.mp4", device="cpu", engine="retrieval",
+                      cache_dir=tmp_path / "cache")
+    assert result.engine == "retrieval"
+    avatar = analyse_template(info, Fraction(25), tmp_path / "cache")
+    from_analysis = bank_mod.load_bank(avatar, bank_mod.bank_folder(avatar))
+    assert from_analysis is not None and len(from_analysis) == int(avatar.found.sum())
+    monkeypatch.undo()
+    rebuilt = bank_mod.build_bank(avatar, info, tmp_path / "rebuilt")
+    np.testing.assert_array_equal(from_analysis.frames, rebuilt.frames)
+    np.testing.assert_allclose(from_analysis.gap, rebuilt.gap, atol=1e-6)
+    np.testing.assert_allclose(from_analysis.teeth, rebuilt.teeth, atol=0.05)
+    # Same pixels wherever both crops cover the frame.
+    j = len(rebuilt) // 2
+    a, b = from_analysis.images[j], rebuilt.images[j]
+    (ax, ay), (bx, by) = from_analysis.origin[j], rebuilt.origin[j]
+    x0, y0 = max(ax, bx), max(ay, by)
+    x1, y1 = min(ax + a.shape[1], bx + b.shape[1]), min(ay + a.shape[0], by + b.shape[0])
+    assert x1 - x0 > 50 and y1 - y0 > 50
+    np.testing.assert_array_equal(a[y0 - ay:y1 - ay, x0 - ax:x1 - ax], b[y0 - by:y1 - by, x0 - bx:x1 - bx])

@@ -23,9 +23,16 @@ log = logging.getLogger(__name__)
 ANALYSIS_MAX_SIDE = 1280
 
 
+FrameSink = Callable[[int, np.ndarray, "np.ndarray | None"], None]
+
+
 def analyse_template(info: MediaInfo, fps: Fraction, cache_root: Path | None = None,
-                     progress: Callable[[float], None] | None = None) -> Avatar:
-    """The :class:`Avatar` of a template, from the cache when this exact file was analysed before."""
+                     progress: Callable[[float], None] | None = None, frame_sink: FrameSink | None = None) -> Avatar:
+    """The :class:`Avatar` of a template, from the cache when this exact file was analysed before.
+
+    ``frame_sink(k, frame, landmarks)`` sees every decoded template frame (packed I420) with the face
+    found on it (None if none) while a video is analysed, so other per-frame work (the mouth bank)
+    needs no second decode. It is not called when the analysis comes from the cache."""
     key = content_hash(info.path, extra=f"v{ANALYSIS_VERSION}:{fps}:{info.rotation}")
     cache_dir = (cache_root or default_cache_root()) / "avatars" / key[:24]
     cached = Avatar.load(cache_dir)
@@ -37,7 +44,7 @@ def analyse_template(info: MediaInfo, fps: Fraction, cache_root: Path | None = N
         landmarks = _analyse_image(info)
         avatar = Avatar(key, "image", w, h, float(fps), landmarks, cache_dir)
     else:
-        landmarks = _analyse_video(info, fps, progress)
+        landmarks = _analyse_video(info, fps, progress, frame_sink)
         avatar = Avatar(key, "video", w, h, float(fps), landmarks, cache_dir)
     found = avatar.found
     if not found.any():
@@ -68,7 +75,8 @@ def _analyse_image(info: MediaInfo) -> np.ndarray:
     return out
 
 
-def _analyse_video(info: MediaInfo, fps: Fraction, progress: Callable[[float], None] | None) -> np.ndarray:
+def _analyse_video(info: MediaInfo, fps: Fraction, progress: Callable[[float], None] | None,
+                   frame_sink: FrameSink | None = None) -> np.ndarray:
     decoder = VideoDecoder(info, fps)
     window = _FaceWindow(*output_size(info))
     rows: list[np.ndarray] = []
@@ -79,6 +87,8 @@ def _analyse_video(info: MediaInfo, fps: Fraction, progress: Callable[[float], N
             main = window.find(mesh, frame, previous)
             previous = main
             rows.append(np.full((N_POINTS, 2), np.nan, np.float32) if main is None else main.astype(np.float32))
+            if frame_sink is not None:
+                frame_sink(k, frame, main)
             if progress and k % 10 == 0:
                 progress(min(1.0, (k + 1) / expected))
     if not rows:

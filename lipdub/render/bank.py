@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -27,41 +28,43 @@ from lipdub.render.masks import lower_face_polygon
 
 log = logging.getLogger(__name__)
 
-BANK_VERSION = 5  # 5: entries stored as I420
+BANK_VERSION = 5  # 5: entries stored as I420, each its own size
 # Points that do not move when speaking: eye corners and the nose bridge. Alignment is fitted on them.
 STABLE = [33, 133, 362, 263, 168, 6, 197, 195, 5]
 NOSE_TIP = 4
 # The stored region reaches this far past the jaw (x inter-ocular distance), so a lowered chin and the
 # feathered edge of the mask always have source pixels.
 REGION_MARGIN = 0.45
+# Extra room around that region (x iod): the feathered edge, and the few pixels between the landmarks
+# seen while decoding and the smoothed ones the bank is described with.
+REGION_PAD = 0.2
 
 
 class BankImages:
-    """The bank's lower-face crops, on disk in one raw file, read one entry at a time.
+    """The bank's lower-face crops, on disk in one raw file (I420, one entry after another), read one at a time.
 
     Reads go through os.pread rather than a memory map: mapped pages count as the process's resident
     memory, and a 1080p bank of a long template would then look like gigabytes of RSS.
     """
 
-    def __init__(self, path: Path, count: int, h: int, w: int, rows: np.ndarray | None = None) -> None:
+    def __init__(self, path: Path, offsets: np.ndarray, shapes: np.ndarray) -> None:
         self.path = path
-        self.shape = (count if rows is None else len(rows), h, w, 3)
-        self._size = entry_bytes(h, w)
-        self._rows = rows
+        self.offsets = offsets.astype(np.int64)  # (S,) byte offset of each entry
+        self.shapes = shapes.astype(np.int64)  # (S, 2) height and width of each entry (even)
 
     def __len__(self) -> int:
-        return self.shape[0]
+        return len(self.offsets)
 
     def __getitem__(self, j: int) -> np.ndarray:
-        k = int(self._rows[j]) if self._rows is not None else int(j)
+        h, w = (int(v) for v in self.shapes[j])
+        size = entry_bytes(h, w)
         fd = os.open(self.path, os.O_RDONLY)
         try:
-            data = os.pread(fd, self._size, k * self._size)
+            data = os.pread(fd, size, int(self.offsets[j]))
         finally:
             os.close(fd)
-        if len(data) != self._size:
-            raise OSError(f"mouth bank entry {k} is truncated in {self.path}")
-        h, w = self.shape[1:3]
+        if len(data) != size:
+            raise OSError(f"mouth bank entry {j} is truncated in {self.path}")
         return cv2.cvtColor(np.frombuffer(data, np.uint8).reshape(h * 3 // 2, w), cv2.COLOR_YUV2BGR_I420)
 
 
@@ -75,7 +78,7 @@ class MouthBank:
     """Lower-face crops and descriptors of the template frames that have a face."""
 
     frames: np.ndarray  # (S,) int: template frame index of each entry
-    images: BankImages  # (S, H, W, 3) uint8 BGR crops, read from disk on demand
+    images: BankImages  # S uint8 BGR crops (sizes vary with the face), read from disk on demand
     origin: np.ndarray  # (S, 2) int32: top-left corner of each image in the frame
     gap: np.ndarray  # (S,) inner-lip gap / inter-ocular distance
     width: np.ndarray  # (S,) mouth corner distance / inter-ocular distance
@@ -132,26 +135,16 @@ def teeth_score(bgr: np.ndarray, lm: np.ndarray) -> float:
     return float(bright.sum() / max((inner > 0).sum(), 1))
 
 
-def _region_boxes(avatar: Avatar, idx: np.ndarray) -> tuple[np.ndarray, int, int]:
-    """Fixed-size (even) box per entry around the lower face, clamped to the frame; returns (origins, H, W)."""
-    centres, sizes = [], []
-    for i in idx:
-        lm = avatar.landmarks[i]
-        poly = lower_face_polygon(lm, chin_margin=REGION_MARGIN)
-        iod = float(inter_ocular(lm))
-        lo = poly.min(0) - 0.15 * iod
-        hi = poly.max(0) + 0.15 * iod
-        centres.append((lo + hi) / 2)
-        sizes.append(hi - lo)
-    sizes_a = np.array(sizes)
-    w = min(int(np.ceil(sizes_a[:, 0].max() / 2)) * 2, avatar.width - avatar.width % 2)
-    h = min(int(np.ceil(sizes_a[:, 1].max() / 2)) * 2, avatar.height - avatar.height % 2)
-    origins = np.empty((len(idx), 2), np.int32)
-    for k, c in enumerate(centres):
-        x0 = int(np.clip(round(c[0] - w / 2), 0, avatar.width - w)) & ~1
-        y0 = int(np.clip(round(c[1] - h / 2), 0, avatar.height - h)) & ~1
-        origins[k] = (x0, y0)
-    return origins, h, w
+def region_box(lm: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
+    """Even-aligned box (x0, y0, x1, y1) around one face's lower face, with room for a lowered chin."""
+    poly = lower_face_polygon(lm, chin_margin=REGION_MARGIN)
+    pad = REGION_PAD * float(inter_ocular(lm))
+    x0, y0 = np.floor(poly.min(0) - pad).astype(int)
+    x1, y1 = np.ceil(poly.max(0) + pad).astype(int)
+    x0, y0 = max(0, int(x0)) & ~1, max(0, int(y0)) & ~1
+    x1 = min(width - width % 2, (int(x1) + 1) & ~1)
+    y1 = min(height - height % 2, (int(y1) + 1) & ~1)
+    return x0, y0, max(x1, x0 + 2), max(y1, y0 + 2)
 
 
 def _lower_face_light(bgr: np.ndarray, lm: np.ndarray) -> np.ndarray:
@@ -162,48 +155,105 @@ def _lower_face_light(bgr: np.ndarray, lm: np.ndarray) -> np.ndarray:
     return np.array(cv2.mean(lab, mask=mask)[:3], np.float32)
 
 
+class BankWriter:
+    """Writes a mouth bank from frames as they are decoded: fed by the template's analysis pass, so the
+    template is decoded once, or by :func:`build_bank` for an avatar analysed before.
+
+    Crops are cut around the landmarks seen while decoding; the descriptors come at :meth:`finish`
+    from the avatar's final (smoothed) landmarks, which is why the box has a little extra room.
+    """
+
+    def __init__(self, parent: Path, width: int, height: int) -> None:
+        parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=".mouth_bank-", dir=parent))
+        self.width, self.height = width, height
+        self._file = open(self.tmp / "images.u8", "wb")  # noqa: SIM115 - written frame by frame, closed in finish
+        self._frames: list[int] = []
+        self._origins: list[tuple[int, int]] = []
+        self._shapes: list[tuple[int, int]] = []
+        self._offsets: list[int] = []
+        self._end = 0
+
+    def __call__(self, k: int, frame: np.ndarray, landmarks: np.ndarray | None) -> None:
+        """Store template frame ``k``'s lower face (I420); ``landmarks`` None means no face: nothing stored."""
+        if landmarks is None or self._file.closed:
+            return
+        x0, y0, x1, y1 = region_box(landmarks, self.width, self.height)
+        stored = crop_i420(frame, (x0, y0, x1, y1))
+        self._file.write(stored.tobytes())
+        self._frames.append(int(k))
+        self._origins.append((x0, y0))
+        self._shapes.append((y1 - y0, x1 - x0))
+        self._offsets.append(self._end)
+        self._end += stored.nbytes
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def discard(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def finish(self, avatar: Avatar, folder: Path) -> MouthBank:
+        """Describe every stored entry from the avatar's landmarks and move the bank into ``folder``."""
+        self._file.close()
+        try:
+            frames = np.asarray(self._frames, np.int64)
+            keep = np.array([k < avatar.n_frames and bool(avatar.found[k]) for k in frames], bool)
+            origins = np.asarray(self._origins, np.int32).reshape(-1, 2)
+            images = BankImages(self.tmp / "images.u8", np.asarray(self._offsets, np.int64),
+                                np.asarray(self._shapes, np.int64).reshape(-1, 2))
+            n = len(frames)
+            gap, width, rnd, teeth = (np.zeros(n, np.float32) for _ in range(4))
+            light = np.zeros((n, 3), np.float32)
+            pose = np.zeros((n, 4), np.float32)
+            if keep.any():
+                ref_iod = float(np.median(inter_ocular(avatar.landmarks[frames[keep]])))
+            for e in np.flatnonzero(keep):
+                lm_frame = avatar.landmarks[frames[e]]
+                lm = lm_frame - origins[e].astype(np.float32)
+                crop = images[e]
+                gap[e], width[e], rnd[e] = shape_descriptors(lm)
+                teeth[e] = teeth_score(crop, lm)
+                light[e] = _lower_face_light(crop, lm)
+                pose[e] = pose_descriptor(lm_frame, ref_iod)
+            np.savez(self.tmp / "meta.npz", frames=frames[keep], origin=origins[keep], gap=gap[keep],
+                     width=width[keep], round=rnd[keep], teeth=teeth[keep], pose=pose[keep], light=light[keep],
+                     offset=images.offsets[keep], shape=images.shapes[keep])
+            (self.tmp / "info.json").write_text(json.dumps({"version": BANK_VERSION, "key": avatar.key,
+                                                            "bytes": self._end}))
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(self.tmp, folder)
+        except BaseException:
+            self.discard()
+            raise
+        bank = load_bank(avatar, folder)
+        if bank is None:
+            raise OSError(f"The mouth bank just written to {folder} could not be read back.")
+        log.info("Mouth bank: %d frames, %.0f MB.", len(bank), self._end / 1e6)
+        return bank
+
+
+def bank_folder(avatar: Avatar) -> Path:
+    return avatar.cache_dir / f"mouth_bank_v{BANK_VERSION}"
+
+
 def build_bank(avatar: Avatar, info: MediaInfo, folder: Path) -> MouthBank:
-    """Decode the template once and write the bank into ``folder`` (atomically)."""
-    idx = np.flatnonzero(avatar.found)
-    origins, h, w = _region_boxes(avatar, idx)
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    images = open(tmp / "images.u8", "wb")  # noqa: SIM115 - written frame by frame, closed below
-    slot = {int(i): k for k, i in enumerate(idx)}
-    n_desc = len(idx)
-    gap, width, rnd, teeth = (np.zeros(n_desc, np.float32) for _ in range(4))
-    light = np.zeros((n_desc, 3), np.float32)
-    ref_iod = float(np.median(inter_ocular(avatar.landmarks[idx])))
-    pose = np.stack([pose_descriptor(avatar.landmarks[i], ref_iod) for i in idx]) if len(idx) else np.zeros((0, 4))
-    fps = Fraction(avatar.fps).limit_denominator(1001)
-    filled = np.zeros(n_desc, bool)
-    for k_frame, frame in VideoDecoder(info, fps).frames(0, avatar.n_frames):
-        k = slot.get(int(k_frame))
-        if k is None:
-            continue
-        x0, y0 = origins[k]
-        stored = crop_i420(frame, (int(x0), int(y0), int(x0) + w, int(y0) + h))
-        images.seek(k * entry_bytes(h, w))
-        images.write(stored.tobytes())
-        crop = cv2.cvtColor(stored, cv2.COLOR_YUV2BGR_I420)
-        lm = avatar.landmarks[idx[k]] - origins[k].astype(np.float32)
-        gap[k], width[k], rnd[k] = shape_descriptors(lm)
-        teeth[k] = teeth_score(crop, lm)
-        light[k] = _lower_face_light(crop, lm)
-        filled[k] = True
-    images.truncate(len(idx) * entry_bytes(h, w))  # entries the decoder never delivered read as zeros
-    images.close()
-    if not filled.all():
-        log.warning("The mouth bank is missing %d of %d template frames.", int((~filled).sum()), n_desc)
-    np.savez(tmp / "meta.npz", frames=idx[filled], origin=origins[filled], gap=gap[filled], width=width[filled],
-             round=rnd[filled], teeth=teeth[filled], pose=pose[filled], light=light[filled], filled=filled)
-    (tmp / "info.json").write_text(json.dumps({"version": BANK_VERSION, "key": avatar.key, "count": len(idx),
-                                               "height": h, "width": w}))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    log.info("Mouth bank: %d frames of %dx%d px.", int(filled.sum()), w, h)
-    return load_bank(avatar, folder)  # type: ignore[return-value]
+    """Decode the template and write the bank into ``folder`` (atomically), for an avatar analysed before."""
+    writer = BankWriter(folder.parent, avatar.width, avatar.height)
+    try:
+        fps = Fraction(avatar.fps).limit_denominator(1001)
+        for k, frame in VideoDecoder(info, fps).frames(0, avatar.n_frames):
+            if avatar.found[k]:
+                writer(k, frame, avatar.landmarks[k])
+    except BaseException:
+        writer.discard()
+        raise
+    if len(writer) < int(avatar.found.sum()):
+        log.warning("The mouth bank is missing %d of %d template frames.", int(avatar.found.sum()) - len(writer),
+                    int(avatar.found.sum()))
+    return writer.finish(avatar, folder)
 
 
 def load_bank(avatar: Avatar, folder: Path) -> MouthBank | None:
@@ -212,23 +262,20 @@ def load_bank(avatar: Avatar, folder: Path) -> MouthBank | None:
         meta = json.loads((folder / "info.json").read_text())
         if meta.get("version") != BANK_VERSION or meta.get("key") != avatar.key:
             return None
-        count, h, w = int(meta["count"]), int(meta["height"]), int(meta["width"])
-        if (folder / "images.u8").stat().st_size != count * entry_bytes(h, w):
+        if (folder / "images.u8").stat().st_size != int(meta["bytes"]):
             return None
         with np.load(folder / "meta.npz") as z:
             d = {k: z[k] for k in z.files}
     except (OSError, ValueError, KeyError):
         return None
-    filled = d.pop("filled")
-    # Rarely a frame the decoder did not deliver leaves a hole: index around it.
-    images = BankImages(folder / "images.u8", count, h, w, None if filled.all() else np.flatnonzero(filled))
+    images = BankImages(folder / "images.u8", d["offset"], d["shape"])
     return MouthBank(d["frames"], images, d["origin"], d["gap"], d["width"], d["round"], d["teeth"], d["pose"],
                      d["light"])
 
 
 def mouth_bank(avatar: Avatar, info: MediaInfo) -> MouthBank:
     """The avatar's mouth bank, from its cache when it was built before."""
-    folder = avatar.cache_dir / f"mouth_bank_v{BANK_VERSION}"
+    folder = bank_folder(avatar)
     bank = load_bank(avatar, folder)
     if bank is not None:
         log.info("Mouth bank found in the avatar cache (%d frames).", len(bank))
