@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from scipy.interpolate import PchipInterpolator
 from scipy.spatial import Delaunay
 
 from lipdub.face.landmarks import (
@@ -75,8 +76,12 @@ class WarpRenderer(Renderer):
         below = _smoothstep((v + 0.04) / 0.08)
         above_fade = 1 - _smoothstep(-v / 0.35)
         w = below * lateral - (1 - below) * 0.12 * above_fade * lateral
-        w[_LOWER_LIP] = lateral[_LOWER_LIP]
-        w[_UPPER_LIP] = -0.12 * lateral[_UPPER_LIP]
+        # The lips part like a lens: fully in the middle, less and less towards the corners, so the
+        # opening has no steep sides next to them.
+        corner = max(float(np.abs(u[[61, 291]]).max()), 1e-3)
+        lens = 0.4 + 0.6 * np.sqrt(np.clip(1 - (u / corner) ** 2, 0.0, 1.0))
+        w[_LOWER_LIP] = lens[_LOWER_LIP]
+        w[_UPPER_LIP] = -0.12 * lens[_UPPER_LIP]
         w[[61, 291, 78, 308]] = 0.4
         moved = lm + np.outer(w * delta, ey)
 
@@ -227,59 +232,118 @@ def _densify(poly: np.ndarray, step: float) -> np.ndarray:
     return np.array(pts, np.float32)
 
 
+def _lip_curve(points: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """The inner lip's height at columns ``xs``: a monotone cubic through its landmarks, so the
+    opening has round corners instead of the landmark polygon's straight segments."""
+    order = np.argsort(points[:, 0])
+    px, py = points[order, 0], points[order, 1]
+    keep = np.concatenate([[True], np.diff(px) > 1e-3])
+    px, py = px[keep], py[keep]
+    if len(px) < 3:
+        return np.interp(xs, px, py)
+    return PchipInterpolator(px, py, extrapolate=False)(np.clip(xs, px[0], px[-1]))
+
+
+# Widths of the upper teeth from the middle outwards (x iod): central and lateral incisors, canine, premolars.
+_TOOTH_WIDTHS = (0.085, 0.066, 0.06, 0.055, 0.05, 0.05)
+_IVORY = np.array([196, 214, 226], np.float32)  # BGR, lit like the skin; never paper-white
+
+
 def draw_mouth_interior(img: np.ndarray, lm: np.ndarray, iod: float, strength: float) -> None:
-    """Paint cavity, upper teeth, a hint of lower teeth and tongue inside the inner lips, in place."""
-    upper = lm[LIPS_INNER_UPPER]
-    lower = lm[LIPS_INNER_LOWER[::-1]]
-    poly = np.concatenate([upper, lower[1:-1]]).astype(np.float32)
-    x0, y0 = np.floor(poly.min(0)).astype(int) - 2
-    x1, y1 = np.ceil(poly.max(0)).astype(int) + 3
+    """Paint the inside of an opened mouth between the inner lips, in place: a dark cavity lit from the
+    front, upper teeth hanging from the upper lip (arched, separated, shadowed by the lip and turning
+    away towards the corners), and in a wide opening the lower teeth and the tongue. Colours come
+    from the face's own lips and skin, and the camera's own grain is added, so it does not look drawn.
+    """
+    upper = lm[LIPS_INNER_UPPER].astype(np.float64)
+    lower = lm[LIPS_INNER_LOWER].astype(np.float64)
+    pts = np.concatenate([upper, lower])
     h, w = img.shape[:2]
+    pad = int(np.ceil(0.05 * iod)) + 2
+    x0, y0 = np.floor(pts.min(0)).astype(int) - pad
+    x1, y1 = np.ceil(pts.max(0)).astype(int) + pad
     x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-    if x1 - x0 < 3 or y1 - y0 < 2:
+    if x1 - x0 < 4 or y1 - y0 < 3:
         return
     roi = img[y0:y1, x0:x1].astype(np.float32)
-    p = poly - [x0, y0]
     rh, rw = roi.shape[:2]
-    inner = np.zeros((rh, rw), np.uint8)
-    cv2.fillPoly(inner, [np.round(p * 4).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=2)
-    inner_a = cv2.GaussianBlur(inner.astype(np.float32) / 255, (3, 3), 0.8)
-
-    # Colours follow the face's own lighting: scale by the brightness of the lips around the opening.
-    ring = cv2.dilate(inner, np.ones((5, 5), np.uint8)) - inner
-    lip_colour = roi[ring > 0].mean(0) if (ring > 0).any() else np.array([90, 90, 150], np.float32)
-    light = float(np.clip(lip_colour.mean() / 120.0, 0.35, 1.6))
     yy, xx = np.mgrid[0:rh, 0:rw].astype(np.float32)
-    up_y = np.interp(xx[0], p[: len(upper), 0], p[: len(upper), 1])  # upper inner lip height per column
-    lo_pts = lower - [x0, y0]
-    order = np.argsort(lo_pts[:, 0])
-    lo_y = np.interp(xx[0], lo_pts[order, 0], lo_pts[order, 1])
-    gap = np.maximum(lo_y - up_y, 1.0)
-    depth = np.clip((yy - up_y) / gap, 0, 1)  # 0 at the upper lip, 1 at the lower lip
+    cols = xx[0] + x0
+    up_y = _lip_curve(upper, cols) - y0
+    lo_y = _lip_curve(lower, cols) - y0
+    left, right = float(min(upper[:, 0].min(), lower[:, 0].min())), float(max(upper[:, 0].max(), lower[:, 0].max()))
+    cx = (left + right) / 2 - x0
+    half = max((right - left) / 2, 1.0)
+    u = np.clip((xx - cx) / half, -1.0, 1.0)  # -1 .. 1 across the mouth
+    gap = np.maximum(lo_y - up_y, 0.0)
+    centre_gap = float(np.interp(cx, xx[0], gap))
 
-    cavity = np.array([38, 42, 78], np.float32) * light  # dark red-brown, lit by the face
-    col = cavity * (0.55 + 0.9 * np.abs(depth - 0.5))[..., None]
-    # Upper teeth: a band under the upper lip across the middle of the mouth, softly shaded.
-    left, right = p[:, 0].min(), p[:, 0].max()
-    mid = (xx - left) / max(right - left, 1.0)
-    across = _smoothstep((0.5 - np.abs(mid - 0.5)) / 0.3)
-    teeth_h = np.minimum(0.35 * gap, 0.07 * iod)
-    band = (1 - _smoothstep((yy - up_y - teeth_h) / np.maximum(0.25 * teeth_h, 1.0))) * across
-    teeth = np.array([170, 190, 208], np.float32) * min(light, 1.1)  # ivory, never paper-white
-    teeth_col = teeth * (0.82 + 0.18 * (1 - np.clip((yy - up_y) / np.maximum(teeth_h, 1), 0, 1)))[..., None]
-    # Separate teeth: faint darker gaps about every 0.09 iod, and teeth darker towards the corners
-    # where they turn away from the light.
-    gaps = 1 - 0.07 * np.exp(-(((xx - (left + right) / 2) % (0.09 * iod) - 0.045 * iod) / (0.006 * iod + 0.5)) ** 2)
-    teeth_col = teeth_col * (gaps * (0.7 + 0.3 * across))[..., None]
-    col = col * (1 - band[..., None]) + teeth_col * band[..., None]
-    # Lower teeth and tongue appear only in a wide opening.
-    wide = float(np.clip((gap.max() / iod - 0.10) / 0.1, 0, 1))
+    # Soft-edged opening: the lips overhang it by a pixel or so, they never cut it with a hard line.
+    soft = max(0.8, 0.006 * iod)
+    inside = _smoothstep((yy - up_y) / soft) * _smoothstep((lo_y - yy) / soft) * (np.abs(u) < 1)
+    inside *= _smoothstep((1.0 - np.abs(u)) * half / soft)
+    if float(inside.max()) <= 0.0:
+        return
+    depth = np.clip((yy - up_y) / np.maximum(gap, 1.0), 0.0, 1.0)  # 0 at the upper lip, 1 at the lower
+
+    # Light and colour from the face: lip colour from a ring just outside the opening, brightness from
+    # the whole neighbourhood (skin), so a dim photo gets a dim mouth.
+    hard = (inside > 0.5).astype(np.uint8)
+    ring = cv2.dilate(hard, np.ones((5, 5), np.uint8)) - hard
+    lip = roi[ring > 0].mean(0) if ring.any() else np.array([95, 95, 160], np.float32)
+    around = roi[inside < 0.01]
+    lit = float(np.clip(around.mean() / 150.0, 0.35, 1.5)) if len(around) else 1.0
+    centre_light = 1.0 - 0.45 * np.abs(u) ** 1.5  # the front of the mouth is lit, the sides turn away
+
+    # Cavity: the lips' own hue, very dark, lightest low down towards the tongue.
+    colour = lip[None, None, :] * (0.22 + 0.16 * depth ** 2)[..., None] * centre_light[..., None]
+
+    wide = float(np.clip((centre_gap / iod - 0.08) / 0.10, 0.0, 1.0))
     if wide > 0:
-        low_band = (_smoothstep((yy - (lo_y - 0.18 * gap)) / np.maximum(0.1 * gap, 1.0)) * across * 0.55 * wide)
-        col = col * (1 - low_band[..., None]) + teeth * 0.8 * low_band[..., None]
-        cx = (left + right) / 2
-        tongue = np.exp(-(((xx - cx) / (0.28 * (right - left) + 1)) ** 2) - ((yy - lo_y) / (0.35 * gap + 1)) ** 2)
-        tongue = tongue * 0.6 * wide
-        col = col * (1 - tongue[..., None]) + np.array([70, 78, 150], np.float32) * light * tongue[..., None]
-    a = (inner_a * strength)[..., None]
-    img[y0:y1, x0:x1] = np.clip(roi * (1 - a) + col * a, 0, 255).astype(np.uint8)
+        # Tongue: a rounded pink shape resting low in the mouth, behind the lower teeth.
+        ty = float(np.interp(cx, xx[0], lo_y)) - 0.15 * centre_gap
+        tongue = np.exp(-((xx - cx) / (0.55 * half)) ** 2 - ((yy - ty) / (0.32 * centre_gap + 1.0)) ** 2)
+        tongue = np.clip(tongue * 1.3, 0, 1) * 0.8 * wide
+        t_col = lip * 0.62 * (0.75 + 0.25 * (1 - depth))[..., None]
+        colour = colour * (1 - tongue[..., None]) + t_col * tongue[..., None]
+
+    # Upper teeth: they hang from the upper lip, so their edge follows its curve, and they look
+    # shorter towards the corners where the arch turns away.
+    tooth_h = min(0.55 * centre_gap, 0.09 * iod) * (1.0 - 0.35 * u ** 2)
+    edge = up_y + tooth_h
+    teeth = _smoothstep((edge - yy) / max(0.7, 0.004 * iod)) * _smoothstep((yy - up_y + soft) / soft)
+    teeth *= _smoothstep((0.92 - np.abs(u)) / 0.35)  # the corners show the dark cheek pockets, not teeth
+    down = np.clip((yy - up_y) / np.maximum(tooth_h, 1.0), 0.0, 1.0)
+    shade = (0.62 + 0.38 * _smoothstep(down / 0.35))  # the upper lip's shadow over the gums' end
+    shade *= 1.0 - 0.10 * _smoothstep((down - 0.8) / 0.2)  # translucent biting edge
+    # Separations between teeth, placed outwards from the middle and foreshortened towards the sides.
+    sep = np.ones_like(xx)
+    for side in (-1.0, 1.0):
+        pos = 0.0
+        for width in _TOOTH_WIDTHS:
+            pos += width * iod * (1.0 - 0.35 * min(pos / half, 1.0) ** 2)
+            if pos >= half:
+                break
+            sep *= 1.0 - 0.12 * np.exp(-((xx - (cx + side * pos)) / (0.005 * iod + 0.6)) ** 2)
+    sep *= 1.0 - 0.10 * np.exp(-((xx - cx) / (0.005 * iod + 0.6)) ** 2)  # between the central incisors
+    t_col = _IVORY * min(lit, 1.15) * (centre_light * shade * sep)[..., None]
+    colour = colour * (1 - teeth[..., None]) + t_col * teeth[..., None]
+
+    if wide > 0:
+        # Lower teeth: a thin edge above the lower lip, mostly in shadow.
+        low_h = 0.25 * min(0.55 * centre_gap, 0.09 * iod) * wide * (1.0 - 0.5 * u ** 2)
+        low = _smoothstep((yy - (lo_y - low_h)) / max(0.7, 0.004 * iod)) * _smoothstep((lo_y + soft - yy) / soft)
+        low *= _smoothstep((0.45 - np.abs(u)) / 0.25)
+        colour = colour * (1 - low[..., None]) + (_IVORY * min(lit, 1.15) * 0.45 * centre_light[..., None]
+                                                  * sep[..., None]) * low[..., None]
+
+    # The camera's softness and grain, measured around the mouth, so the painted area matches.
+    colour = cv2.GaussianBlur(colour, (0, 0), max(0.5, 0.0025 * iod))
+    grain = roi - cv2.GaussianBlur(roi, (0, 0), 1.0)
+    noise = float(np.std(grain[inside < 0.01])) if (inside < 0.01).any() else 0.0
+    if noise > 0.2:
+        rng = np.random.default_rng(int(cx * 31 + rh))
+        # Luminance grain, the same on all three channels: independent channels would speckle in colour.
+        colour += rng.normal(0.0, min(noise, 6.0), colour.shape[:2]).astype(np.float32)[..., None]
+    a = (inside * strength)[..., None]
+    img[y0:y1, x0:x1] = np.clip(roi * (1 - a) + colour * a + 0.5, 0, 255).astype(np.uint8)
