@@ -160,9 +160,12 @@ def warp_piecewise_affine(img: np.ndarray, src: np.ndarray, dst: np.ndarray, reg
 
 
 def piecewise_affine_maps(src: np.ndarray, dst: np.ndarray, region: np.ndarray, box: tuple[int, int, int, int],
-                          points: list[int] | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+                          points: list[int] | None = None,
+                          post: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """cv2.remap maps over ``box`` (x0, y0, x1, y1) that pull each pixel from where ``src`` points sit
     to where ``dst`` points are; identity on ``region``'s outline (a polygon) and outside it.
+    ``post`` (2x3 affine), if given, is applied to the positions the maps pull from: an image in
+    other coordinates is sampled in one pass, without a second full-size map computation.
 
     The mesh points inside the region (or ``points``) plus the region's outline (fixed) are
     triangulated at their destinations; each pixel is mapped back through its triangle's affine
@@ -205,16 +208,19 @@ def piecewise_affine_maps(src: np.ndarray, dst: np.ndarray, region: np.ndarray, 
     verts = tri.simplices[simplex[ok]]
     mapped = pts.copy()
     mapped[ok] = np.einsum("ni,nij->nj", bary, s[verts])
+    if post is not None:
+        # Affine maps commute with the linear interpolation below: applied to the coarse grid, exact.
+        mapped = mapped @ post[:, :2].T + post[:, 2]
     map_x = mapped[:, 0].reshape(px.shape).astype(np.float32)
     map_y = mapped[:, 1].reshape(px.shape).astype(np.float32)
+    # Interpolate the coarse map to every pixel: grid sample (i, j) sits at pixel (x0 + i*_GRID, y0 +
+    # j*_GRID), so pixel (x, y) of the box reads the coarse map at (x/_GRID, y/_GRID). One bilinear
+    # warp per map; its weights are exact, since x/_GRID falls on warpAffine's 1/32 sub-pixel steps.
     bw, bh = x1 - x0, y1 - y0
-    # Interpolate the coarse map to every pixel (its grid starts at x0, y0 with step _GRID).
-    full_x = cv2.resize(map_x, (len(gx) * _GRID, len(gy) * _GRID), interpolation=cv2.INTER_LINEAR)
-    full_y = cv2.resize(map_y, (len(gx) * _GRID, len(gy) * _GRID), interpolation=cv2.INTER_LINEAR)
-    off = (_GRID - 1) / 2  # resize treats samples as pixel centres of _GRID-wide cells
-    M = np.float32([[1, 0, off], [0, 1, off]])
-    full_x = cv2.warpAffine(full_x, M, (bw, bh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    full_y = cv2.warpAffine(full_y, M, (bw, bh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    M = np.float32([[1 / _GRID, 0, 0], [0, 1 / _GRID, 0]])
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    full_x = cv2.warpAffine(map_x, M, (bw, bh), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    full_y = cv2.warpAffine(map_y, M, (bw, bh), flags=flags, borderMode=cv2.BORDER_REPLICATE)
     return full_x, full_y
 
 
