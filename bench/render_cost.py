@@ -43,22 +43,30 @@ PIECES = [
     ("lipdub.pipeline", "blend_bgr"),
     ("lipdub.render.base", "crop_bgr"),
     ("lipdub.render.retrieval", "composite_alpha"),
+    ("lipdub.render.retrieval", "composite_alpha_box"),
     ("lipdub.render.retrieval", "piecewise_affine_maps"),
+    ("lipdub.render.retrieval", "piecewise_affine_map"),
     ("lipdub.render.retrieval", "match_colour"),
     ("lipdub.render.retrieval", "remap_cubic"),
+    ("lipdub.render.retrieval", "remap_sharp"),
 ]
 
+# Wall time and CPU time (all threads of this process: OpenCV runs some calls on two threads). On a
+# shared machine wall time moves with the neighbours' load; CPU time much less. With 3 pipeline
+# threads on 2 cores, CPU time is what the render stage takes from the codec.
 totals: dict[str, float] = defaultdict(float)
+cpu_totals: dict[str, float] = defaultdict(float)
 
 
 def timed(name: str, fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         try:
             return fn(*args, **kwargs)
         finally:
             totals[name] += time.perf_counter() - t
+            cpu_totals[name] += time.process_time() - c
 
     return wrapper
 
@@ -104,22 +112,26 @@ def main() -> None:
           f"{pipeline.face_box(avatar.landmarks[0], info.width, info.height)}", flush=True)
     instrument(renderer)
 
-    def one_pass() -> float:
-        t = time.perf_counter()
+    render_chunk = timed("render stage (_render_chunk)", pipeline._render_chunk)
+
+    def one_pass() -> None:
         for start in range(0, n_out, pipeline.CHUNK):
-            pipeline._render_chunk(frames[start : start + pipeline.CHUNK], start, indices, avatar, renderer)
-        return time.perf_counter() - t
+            render_chunk(frames[start : start + pipeline.CHUNK], start, indices, avatar, renderer)
 
     one_pass()  # warm-up: first-use costs (allocations, lazy imports) are not per-frame costs
-    runs: dict[str, list[float]] = defaultdict(list)
+    runs: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for _ in range(a.repeat):
         totals.clear()
-        runs["render stage (_render_chunk)"].append(one_pass())
+        cpu_totals.clear()
+        one_pass()
         for k, v in totals.items():
-            runs[k].append(v)
+            runs[k].append((v, cpu_totals[k]))
+    print(f"{'ms/frame, median of ' + str(a.repeat):<40} {'wall':>7} {'cpu':>7}   (wall/cpu of each run)")
     for name, vals in runs.items():
-        ms = [1000 * v / n_out for v in vals]
-        print(f"{name:<40} {statistics.median(ms):7.2f} ms/frame  (runs: {', '.join(f'{m:.2f}' for m in ms)})")
+        ms = [(1000 * w / n_out, 1000 * c / n_out) for w, c in vals]
+        each = ", ".join(f"{w:.2f}/{c:.2f}" for w, c in ms)
+        print(f"{name:<40} {statistics.median(w for w, _ in ms):7.2f} {statistics.median(c for _, c in ms):7.2f}"
+              f"   ({each})")
     if a.profile:
         prof = cProfile.Profile()
         prof.runcall(one_pass)

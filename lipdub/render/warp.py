@@ -151,21 +151,28 @@ def warp_piecewise_affine(img: np.ndarray, src: np.ndarray, dst: np.ndarray, reg
     x1, y1 = np.ceil(np.minimum(poly.max(0), [w - 1, h - 1])).astype(int) + 1
     if x1 - x0 < 2 or y1 - y0 < 2:
         return img.copy()
-    maps = piecewise_affine_maps(src, dst, region, (x0, y0, x1, y1), points)
-    if maps is None:
+    m = piecewise_affine_map(src, dst, region, (x0, y0, x1, y1), points)
+    if m is None:
         return img.copy()
     out = img.copy()
-    out[y0:y1, x0:x1] = cv2.remap(img, maps[0], maps[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    out[y0:y1, x0:x1] = cv2.remap(img, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return out
 
 
 def piecewise_affine_maps(src: np.ndarray, dst: np.ndarray, region: np.ndarray, box: tuple[int, int, int, int],
                           points: list[int] | None = None,
                           post: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
-    """cv2.remap maps over ``box`` (x0, y0, x1, y1) that pull each pixel from where ``src`` points sit
-    to where ``dst`` points are; identity on ``region``'s outline (a polygon) and outside it.
-    ``post`` (2x3 affine), if given, is applied to the positions the maps pull from: an image in
-    other coordinates is sampled in one pass, without a second full-size map computation.
+    """:func:`piecewise_affine_map` as two maps (x, y)."""
+    m = piecewise_affine_map(src, dst, region, box, points, post)
+    return None if m is None else (np.ascontiguousarray(m[..., 0]), np.ascontiguousarray(m[..., 1]))
+
+
+def piecewise_affine_map(src: np.ndarray, dst: np.ndarray, region: np.ndarray, box: tuple[int, int, int, int],
+                         points: list[int] | None = None, post: np.ndarray | None = None) -> np.ndarray | None:
+    """cv2.remap map (float32 (h, w, 2), x and y interleaved) over ``box`` (x0, y0, x1, y1) that pulls
+    each pixel from where ``src`` points sit to where ``dst`` points are; identity on ``region``'s
+    outline (a polygon) and outside it. ``post`` (2x3 affine), if given, is applied to the positions
+    the map pulls from: an image in other coordinates is sampled in one pass.
 
     The mesh points inside the region (or ``points``) plus the region's outline (fixed) are
     triangulated at their destinations; each pixel is mapped back through its triangle's affine
@@ -183,54 +190,43 @@ def piecewise_affine_maps(src: np.ndarray, dst: np.ndarray, region: np.ndarray, 
     if len(s) < 3:
         return None
     tri = Delaunay(d)
-    gx = np.arange(x0, x1 + _GRID, _GRID, dtype=np.float64)
-    gy = np.arange(y0, y1 + _GRID, _GRID, dtype=np.float64)
-    px, py = np.meshgrid(gx, gy)
-    pts = np.stack([px.ravel(), py.ravel()], 1)
+    # One affine transform per triangle, destination -> source (then ``post``): A @ (x, y, 1).
+    # Entry 0 is for grid points in no triangle: the identity (then ``post``).
+    ds = np.concatenate([d[tri.simplices], np.ones((len(tri.simplices), 3, 1))], 2)  # (m, 3, 3) rows x, y, 1
+    det = np.linalg.det(ds)
+    ds[np.abs(det) < 1e-9] = np.eye(3)  # degenerate (flat) triangle: never hit by a fill anyway
+    affine = np.linalg.solve(ds, s[tri.simplices]).transpose(0, 2, 1)  # (m, 2, 3)
+    affine = np.concatenate([np.eye(3)[None, :2], affine])
+    if post is not None:
+        affine = post[:, :2] @ affine + np.concatenate([np.zeros((2, 2)), post[:, 2:]], 1)
+    nx = (x1 - x0 + _GRID - 1) // _GRID + 2
+    ny = (y1 - y0 + _GRID - 1) // _GRID + 2
     # Which triangle each grid point lies in, by rasterising the triangles (Delaunay.find_simplex is
     # ~100x slower). A point on a shared edge may land in either: both affine maps agree there.
-    label = np.zeros(px.shape, np.int32)
+    label = np.zeros((ny, nx), np.int32)
     corners = np.round((d[tri.simplices] - [x0, y0]) / _GRID * 16).astype(np.int32)
     for k, tri_pts in enumerate(corners):
         cv2.fillConvexPoly(label, tri_pts, k + 1, lineType=cv2.LINE_8, shift=4)
-    simplex = label.ravel() - 1
-    ok = simplex >= 0
-    # Barycentric transforms computed here: scipy's Delaunay.transform is very slow on first use.
-    v = d[tri.simplices]  # (m, 3, 2)
-    edges = np.stack([v[:, 0] - v[:, 2], v[:, 1] - v[:, 2]], axis=-1)  # columns: v0-v2, v1-v2
-    det = edges[:, 0, 0] * edges[:, 1, 1] - edges[:, 0, 1] * edges[:, 1, 0]
-    det = np.where(np.abs(det) < 1e-12, 1e-12, det)
-    inv = np.stack([np.stack([edges[:, 1, 1], -edges[:, 0, 1]], -1),
-                    np.stack([-edges[:, 1, 0], edges[:, 0, 0]], -1)], 1) / det[:, None, None]
-    sk = simplex[ok]
-    b2 = np.einsum("nij,nj->ni", inv[sk], pts[ok] - v[sk, 2])
-    bary = np.concatenate([b2, 1 - b2.sum(1, keepdims=True)], 1)
-    verts = tri.simplices[simplex[ok]]
-    mapped = pts.copy()
-    mapped[ok] = np.einsum("ni,nij->nj", bary, s[verts])
-    if post is not None:
-        # Affine maps commute with the linear interpolation below: applied to the coarse grid, exact.
-        mapped = mapped @ post[:, :2].T + post[:, 2]
-    map_x = mapped[:, 0].reshape(px.shape).astype(np.float32)
-    map_y = mapped[:, 1].reshape(px.shape).astype(np.float32)
+    a = affine[label]  # (ny, nx, 2, 3)
+    gx = np.arange(nx, dtype=np.float64) * _GRID + x0
+    gy = np.arange(ny, dtype=np.float64)[:, None] * _GRID + y0
+    coarse = (a[..., 0] * gx[None, :, None] + a[..., 1] * gy[..., None] + a[..., 2]).astype(np.float32)
     # Interpolate the coarse map to every pixel: grid sample (i, j) sits at pixel (x0 + i*_GRID, y0 +
     # j*_GRID), so pixel (x, y) of the box reads the coarse map at (x/_GRID, y/_GRID). One bilinear
-    # warp per map; its weights are exact, since x/_GRID falls on warpAffine's 1/32 sub-pixel steps.
-    bw, bh = x1 - x0, y1 - y0
+    # warp of both channels; its weights are exact, since x/_GRID falls on warpAffine's 1/32 steps.
     M = np.float32([[1 / _GRID, 0, 0], [0, 1 / _GRID, 0]])
-    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    full_x = cv2.warpAffine(map_x, M, (bw, bh), flags=flags, borderMode=cv2.BORDER_REPLICATE)
-    full_y = cv2.warpAffine(map_y, M, (bw, bh), flags=flags, borderMode=cv2.BORDER_REPLICATE)
-    return full_x, full_y
+    return cv2.warpAffine(coarse, M, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
 
 
 def _densify(poly: np.ndarray, step: float) -> np.ndarray:
-    pts = []
-    for a, b in zip(poly, np.roll(poly, -1, 0)):
-        n = max(1, int(np.linalg.norm(b - a) / step))
-        for k in range(n):
-            pts.append(a + (b - a) * k / n)
-    return np.array(pts, np.float32)
+    """Points every ~``step`` pixels along the closed polygon (its vertices included)."""
+    a = poly.astype(np.float64)
+    b = np.roll(a, -1, 0)
+    n = np.maximum(1, (np.linalg.norm(b - a, axis=1) / step).astype(int))
+    seg = np.repeat(np.arange(len(a)), n)
+    t = (np.arange(len(seg)) - np.repeat(np.cumsum(n) - n, n)) / np.repeat(n, n)
+    return (a[seg] + (b[seg] - a[seg]) * t[:, None]).astype(np.float32)
 
 
 def draw_mouth_interior(img: np.ndarray, lm: np.ndarray, iod: float, strength: float) -> None:
