@@ -192,33 +192,43 @@ def piecewise_affine_map(src: np.ndarray, dst: np.ndarray, region: np.ndarray, b
     if len(s) < 3:
         return None
     tri = Delaunay(d)
-    # One affine transform per triangle, destination -> source (then ``post``): A @ (x, y, 1).
-    # Entry 0 is for grid points in no triangle: the identity (then ``post``).
-    ds = np.concatenate([d[tri.simplices], np.ones((len(tri.simplices), 3, 1))], 2)  # (m, 3, 3) rows x, y, 1
-    det = np.linalg.det(ds)
-    ds[np.abs(det) < 1e-9] = np.eye(3)  # degenerate (flat) triangle: never hit by a fill anyway
-    affine = np.linalg.solve(ds, s[tri.simplices]).transpose(0, 2, 1)  # (m, 2, 3)
-    affine = np.concatenate([np.eye(3)[None, :2], affine])
+    # One affine transform per triangle, destination -> source (then ``post``): A @ (x, y, 1), in closed
+    # form (numpy's batched solve costs more than the rest of this function). Entry 0 is for grid points
+    # in no triangle: the identity (then ``post``).
+    v, w = d[tri.simplices], s[tri.simplices]  # (m, 3, 2)
+    e = np.stack([v[:, 0] - v[:, 2], v[:, 1] - v[:, 2]], axis=-1)  # columns: v0-v2, v1-v2
+    f = np.stack([w[:, 0] - w[:, 2], w[:, 1] - w[:, 2]], axis=-1)
+    det = e[:, 0, 0] * e[:, 1, 1] - e[:, 0, 1] * e[:, 1, 0]
+    flat = np.abs(det) < 1e-9  # degenerate triangle: identity (a fill barely touches it)
+    det = np.where(flat, 1.0, det)
+    e_inv = np.stack([np.stack([e[:, 1, 1], -e[:, 0, 1]], -1), np.stack([-e[:, 1, 0], e[:, 0, 0]], -1)], 1)
+    lin = f @ (e_inv / det[:, None, None])
+    lin[flat] = np.eye(2)
+    shift = w[:, 2] - np.einsum("mij,mj->mi", lin, v[:, 2])
+    shift[flat] = 0.0
+    affine = np.concatenate([np.concatenate([np.eye(2), np.zeros((2, 1))], 1)[None],
+                             np.concatenate([lin, shift[:, :, None]], 2)])
     if post is not None:
         affine = post[:, :2] @ affine + np.concatenate([np.zeros((2, 2)), post[:, 2:]], 1)
-    nx = (x1 - x0 + _GRID - 1) // _GRID + 2
-    ny = (y1 - y0 + _GRID - 1) // _GRID + 2
+    # The coarse grid: sample (i, j) sits at pixel (x0 + off + i*_GRID, y0 + off + j*_GRID), which is
+    # where cv2.resize by _GRID puts the centre of cell (i, j) when it interpolates the grid to full
+    # resolution. It starts one cell before the box, so the box has grid samples on all sides.
+    off = (_GRID - 1) / 2 - _GRID
+    nx = (x1 - x0) // _GRID + 3
+    ny = (y1 - y0) // _GRID + 3
     # Which triangle each grid point lies in, by rasterising the triangles (Delaunay.find_simplex is
     # ~100x slower). A point on a shared edge may land in either: both affine maps agree there.
     label = np.zeros((ny, nx), np.int32)
-    corners = np.round((d[tri.simplices] - [x0, y0]) / _GRID * 16).astype(np.int32)
+    corners = np.round((d[tri.simplices] - [x0 + off, y0 + off]) / _GRID * 16).astype(np.int32)
     for k, tri_pts in enumerate(corners):
         cv2.fillConvexPoly(label, tri_pts, k + 1, lineType=cv2.LINE_8, shift=4)
     a = affine[label]  # (ny, nx, 2, 3)
-    gx = np.arange(nx, dtype=np.float64) * _GRID + x0
-    gy = np.arange(ny, dtype=np.float64)[:, None] * _GRID + y0
+    gx = np.arange(nx, dtype=np.float64) * _GRID + (x0 + off)
+    gy = np.arange(ny, dtype=np.float64)[:, None] * _GRID + (y0 + off)
     coarse = (a[..., 0] * gx[None, :, None] + a[..., 1] * gy[..., None] + a[..., 2]).astype(np.float32)
-    # Interpolate the coarse map to every pixel: grid sample (i, j) sits at pixel (x0 + i*_GRID, y0 +
-    # j*_GRID), so pixel (x, y) of the box reads the coarse map at (x/_GRID, y/_GRID). One bilinear
-    # warp of both channels; its weights are exact, since x/_GRID falls on warpAffine's 1/32 steps.
-    M = np.float32([[1 / _GRID, 0, 0], [0, 1 / _GRID, 0]])
-    return cv2.warpAffine(coarse, M, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_REPLICATE)
+    # Bilinear upsampling (float weights, exact) is several times cheaper than a warpAffine of the grid.
+    full = cv2.resize(coarse, (nx * _GRID, ny * _GRID), interpolation=cv2.INTER_LINEAR)
+    return full[_GRID : _GRID + y1 - y0, _GRID : _GRID + x1 - x0]
 
 
 def _densify(poly: np.ndarray, step: float) -> np.ndarray:
