@@ -53,6 +53,8 @@ class FrameTask:
     @property
     def shape(self) -> tuple[int, int]:
         """(height, width) of the crop, without converting it."""
+        if self._crop is not None:
+            return self._crop.shape[0], self._crop.shape[1]
         x0, y0, x1, y1 = self.box
         return y1 - y0, x1 - x0
 
