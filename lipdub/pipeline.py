@@ -28,7 +28,7 @@ from lipdub.media.audio import load_audio
 from lipdub.media.decode import TemplateFrames, load_image, output_size, pingpong_indices
 from lipdub.media.encode import VideoWriter, nvenc_available
 from lipdub.media.encode import quality as quality_preset
-from lipdub.media.frames import blend_bgr, crop_bgr
+from lipdub.media.frames import blend_bgr
 from lipdub.media.limits import Limits, check_audio, check_face
 from lipdub.media.probe import MediaInfo, probe
 from lipdub.render import FrameTask, RenderContext, create_renderer, engine_class, engine_for
@@ -294,21 +294,24 @@ def _render_chunk(chunk: list[np.ndarray], start: int, indices: np.ndarray, avat
     for j, frame in enumerate(chunk):
         out_index = start + j
         ti = int(indices[out_index])
-        frame = frame.copy()  # template frames may be shared (photos, cached templates)
         frames.append(frame)
         lm = avatar.landmarks[min(ti, avatar.n_frames - 1)]
         if np.isnan(lm[0, 0]):
             missing += 1
             continue
         box = face_box(lm, width, height)
-        crop = crop_bgr(frame, box)
         local = lm - np.array([box[0], box[1]], np.float32)
-        tasks.append(FrameTask(out_index, ti, crop, box, local))
+        # The crop is converted lazily: the engine may need only part of it.
+        tasks.append(FrameTask(out_index, ti, None, box, local, frame=frame))
         slots.append(j)
     if tasks:
         for j, task, result in zip(slots, tasks, renderer.render(tasks)):
             if result.alpha is not None:
-                blend_bgr(frames[j], task.box, result.crop, result.alpha)
+                # Copied only when drawn on: template frames may be shared (photos, cached templates).
+                frames[j] = frames[j].copy()
+                ox, oy = task.box[0] + result.origin[0], task.box[1] + result.origin[1]
+                h, w = result.alpha.shape[:2]
+                blend_bgr(frames[j], (ox, oy, ox + w, oy + h), result.crop, result.alpha)
     return frames, missing
 
 

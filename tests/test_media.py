@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from fractions import Fraction
 
+import cv2
 import numpy as np
 import pytest
 from conftest import AUDIOS, PHOTOS, VIDEOS, cut_audio, media, needs_media
@@ -12,7 +13,7 @@ from conftest import AUDIOS, PHOTOS, VIDEOS, cut_audio, media, needs_media
 from lipdub.errors import InputError
 from lipdub.media.audio import load_audio
 from lipdub.media.decode import TemplateFrames, VideoDecoder, pingpong_indices
-from lipdub.media.frames import pack, planes, rotate
+from lipdub.media.frames import blend_bgr, crop_bgr, pack, planes, rotate
 from lipdub.media.probe import probe
 
 pytestmark = needs_media
@@ -144,3 +145,34 @@ def test_rotation_metadata_is_honoured(tmp_path) -> None:
     plain = next(VideoDecoder(probe(src), Fraction(25)).frames())[1]
     turned = next(VideoDecoder(info, Fraction(25)).frames())[1]
     assert np.array_equal(turned, rotate(plain, info.rotation))
+
+
+def test_blend_changes_only_pixels_with_alpha_and_reads_a_part_of_the_crop() -> None:
+    from lipdub.render.base import FrameTask
+
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, (120 * 3 // 2, 160), np.uint8)  # a 160x120 I420 frame
+    box = (20, 10, 120, 90)
+    task = FrameTask(0, 0, None, box, None, frame=frame)
+    assert task.shape == (80, 100)
+    whole = crop_bgr(frame, box)
+    np.testing.assert_array_equal(task.region((10, 20, 40, 60)), whole[20:60, 10:40])  # before the crop exists
+    np.testing.assert_array_equal(task.crop, whole)
+
+    # A part of the crop (at an even origin), alpha 0 on its border: only alpha > 0 may change.
+    out = frame.copy()
+    bgr = np.full((40, 30, 3), 200, np.uint8)
+    alpha = np.zeros((40, 30), np.float32)
+    alpha[10:30, 8:22] = np.linspace(0.1, 1.0, 14, dtype=np.float32)
+    ox, oy = box[0] + 10, box[1] + 20
+    blend_bgr(out, (ox, oy, ox + 30, oy + 40), bgr, alpha)
+    y_before, y_after = planes(frame)[0], planes(out)[0]
+    touched = np.zeros(y_before.shape, bool)
+    touched[oy + 10 : oy + 30, ox + 8 : ox + 22] = True
+    np.testing.assert_array_equal(y_after[~touched], y_before[~touched])
+    new_y = int(planes(cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420))[0][0, 0])
+    assert np.all(np.abs(y_after[oy + 10 : oy + 30, ox + 21].astype(int) - new_y) <= 1)  # alpha 1: the new colour
+    chroma_touched = np.zeros(planes(frame)[1].shape, bool)
+    chroma_touched[(oy + 10) // 2 : (oy + 30) // 2, (ox + 8) // 2 : (ox + 22) // 2] = True
+    for k in (1, 2):
+        np.testing.assert_array_equal(planes(out)[k][~chroma_touched], planes(frame)[k][~chroma_touched])

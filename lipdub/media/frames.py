@@ -61,13 +61,23 @@ def to_rgb(frame: np.ndarray, max_side: int | None = None) -> tuple[np.ndarray, 
 def blend_bgr(frame: np.ndarray, box: tuple[int, int, int, int], bgr: np.ndarray, alpha: np.ndarray) -> None:
     """Blend a BGR crop into an I420 frame in place, in YUV, where ``alpha`` > 0.
 
-    Pixels whose alpha is 0 keep the template's exact values (no round trip through RGB).
+    ``box`` (x0, y0, x1, y1, even-aligned) is where ``bgr`` and ``alpha`` lie in the frame. Pixels
+    whose alpha is 0 keep the template's exact values (no round trip through RGB).
     """
-    x0, y0, x1, y1 = box
-    yuv = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)
-    ny, nu, nv = planes(yuv)
+    x0, y0 = box[0], box[1]
+    # Only the (even-aligned) bounding box of alpha > 0 is converted and mixed: masks are mostly 0.
+    c0, r0, bw, bh = cv2.boundingRect((alpha > 0).view(np.uint8))
+    if bw == 0 or bh == 0:
+        return
+    c1, r1 = min(c0 + bw + 1, alpha.shape[1]) & ~1, min(r0 + bh + 1, alpha.shape[0]) & ~1
+    c0, r0 = c0 & ~1, r0 & ~1
+    if c1 <= c0 or r1 <= r0:
+        return
+    a = np.ascontiguousarray(alpha[r0:r1, c0:c1], dtype=np.float32)
+    ny, nu, nv = planes(cv2.cvtColor(bgr[r0:r1, c0:c1], cv2.COLOR_BGR2YUV_I420))
     fy, fu, fv = planes(frame)
-    a = alpha.astype(np.float32)
+    x0, y0 = x0 + c0, y0 + r0
+    x1, y1 = x0 + (c1 - c0), y0 + (r1 - r0)
     _mix(fy[y0:y1, x0:x1], ny, a)
     a2 = cv2.resize(a, (a.shape[1] // 2, a.shape[0] // 2), interpolation=cv2.INTER_AREA)
     _mix(fu[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2], nu, a2)
@@ -75,12 +85,7 @@ def blend_bgr(frame: np.ndarray, box: tuple[int, int, int, int], bgr: np.ndarray
 
 
 def _mix(dst: np.ndarray, src: np.ndarray, a: np.ndarray) -> None:
-    c0, r0, bw, bh = cv2.boundingRect((a > 0).astype(np.uint8))
-    if bw == 0 or bh == 0:
-        return
-    r1, c1 = r0 + bh, c0 + bw
-    d = dst[r0:r1, c0:c1].astype(np.float32)
-    aa = a[r0:r1, c0:c1]
-    out = d + (src[r0:r1, c0:c1].astype(np.float32) - d) * aa
-    # Where alpha is exactly 0 keep the original byte, so untouched pixels stay bit-identical.
-    dst[r0:r1, c0:c1] = np.where(aa > 0, np.clip(out + 0.5, 0, 255), d).astype(np.uint8)
+    # src * a + dst * (1 - a), rounded, in one vectorised OpenCV pass that releases the GIL (the codec
+    # threads run beside this one). Where alpha is exactly 0 the weights are 0 and 1: the original
+    # byte comes back unchanged, so untouched pixels stay bit-identical.
+    dst[...] = cv2.blendLinear(src, dst, a, 1.0 - a)

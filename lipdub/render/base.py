@@ -1,8 +1,9 @@
 """The one interface every mouth engine implements.
 
 The pipeline hands an engine the face region ("crop") of each template frame at full resolution,
-with the landmarks in crop coordinates. The engine returns a new crop and an alpha mask; the
-pipeline blends it into the frame, so pixels where alpha is 0 stay exactly the template's.
+with the landmarks in crop coordinates. The engine returns a new crop (or a part of it) and an
+alpha mask; the pipeline blends it into the frame, so pixels where alpha is 0 stay exactly the
+template's.
 """
 
 from __future__ import annotations
@@ -17,26 +18,71 @@ from lipdub.audio.track import MouthTrack
 from lipdub.device import Device
 from lipdub.face.avatar import Avatar
 from lipdub.media.audio import AudioClip
+from lipdub.media.frames import crop_bgr
 from lipdub.media.probe import MediaInfo
 
 
-@dataclass
 class FrameTask:
-    """One output frame to render."""
+    """One output frame to render.
 
-    out_index: int  # index in the output video
-    template_index: int  # which template frame it is drawn on
-    crop: np.ndarray  # BGR uint8, face region of the template frame at full resolution
-    box: tuple[int, int, int, int]  # (x0, y0, x1, y1) of the crop in the frame
-    landmarks: np.ndarray | None  # (478, 2) float32 in crop coordinates; None: no face on this frame
+    The crop is converted from the frame on first use: an engine that needs only part of it (the
+    retrieval engine's lower face) reads that part with :meth:`region`, and the rest of a 1080p face
+    box is never converted.
+    """
+
+    def __init__(self, out_index: int, template_index: int, crop: np.ndarray | None,
+                 box: tuple[int, int, int, int], landmarks: np.ndarray | None,
+                 frame: np.ndarray | None = None) -> None:
+        if crop is None and frame is None:
+            raise ValueError("a FrameTask needs its crop or the frame to cut it from")
+        self.out_index = out_index  # index in the output video
+        self.template_index = template_index  # which template frame it is drawn on
+        self.box = box  # (x0, y0, x1, y1) of the crop in the frame, even-aligned
+        self.landmarks = landmarks  # (478, 2) float32 in crop coordinates; None: no face on this frame
+        self.frame = frame  # the packed I420 template frame (read only), or None when given a crop
+        self._crop = crop
+
+    @property
+    def crop(self) -> np.ndarray:
+        """BGR uint8, face region of the template frame at full resolution."""
+        if self._crop is None:
+            assert self.frame is not None
+            self._crop = crop_bgr(self.frame, self.box)
+        return self._crop
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) of the crop, without converting it."""
+        if self._crop is not None:
+            return self._crop.shape[0], self._crop.shape[1]
+        x0, y0, x1, y1 = self.box
+        return y1 - y0, x1 - x0
+
+    def region(self, sub: tuple[int, int, int, int]) -> np.ndarray:
+        """BGR uint8 of ``sub`` (x0, y0, x1, y1 in crop coordinates, even-aligned) of the crop."""
+        x0, y0, x1, y1 = sub
+        if self._crop is not None or self.frame is None:
+            return self.crop[y0:y1, x0:x1]
+        bx, by = self.box[0], self.box[1]
+        return crop_bgr(self.frame, (bx + x0, by + y0, bx + x1, by + y1))
 
 
 @dataclass
 class RenderedCrop:
-    """An engine's answer for one :class:`FrameTask`."""
+    """An engine's answer for one :class:`FrameTask`.
 
-    crop: np.ndarray  # BGR uint8, same shape as the task's crop
-    alpha: np.ndarray | None  # float32 (h, w) in [0, 1]; None: leave the frame untouched
+    ``crop`` and ``alpha`` may cover only part of the task's crop, starting at ``origin`` (x, y,
+    even) in crop coordinates: an engine that changes a small region returns just that region.
+    """
+
+    crop: np.ndarray  # BGR uint8, the task's crop or the part of it at ``origin``
+    alpha: np.ndarray | None  # float32, same (h, w) as ``crop``, in [0, 1]; None: leave the frame untouched
+    origin: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def untouched(cls) -> RenderedCrop:
+        """Leave the frame as it is (no crop is converted for it)."""
+        return cls(np.zeros((0, 0, 3), np.uint8), None)
 
 
 @dataclass

@@ -31,10 +31,10 @@ from lipdub.face.landmarks import (
 )
 from lipdub.render.bank import STABLE, MouthBank, mouth_bank, pose_descriptor
 from lipdub.render.base import FrameTask, RenderContext, RenderedCrop, Renderer
-from lipdub.render.blend import composite_alpha, match_colour
+from lipdub.render.blend import composite_alpha_box, match_colour
 from lipdub.render.masks import lower_face_polygon
 from lipdub.render.select import Costs, Targets, map_targets, unary_costs, viterbi
-from lipdub.render.warp import WarpRenderer, draw_mouth_interior, piecewise_affine_maps, warp_piecewise_affine
+from lipdub.render.warp import WarpRenderer, draw_mouth_interior, piecewise_affine_map, warp_piecewise_affine
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,8 @@ MIN_GAP_RANGE = 0.06
 MIN_FRAMES = 25
 # Wider than the chosen source by more than this (x iod): warp it further open.
 EXTRAPOLATE = 0.02
+# Resampled bicubic (sharp) this far around the lips (x iod); bilinear beyond, on smooth skin.
+SHARP_MARGIN = 0.15
 # Points whose target position is the template frame's (the mask outline), not the source's.
 _OUTLINE = [205, 425, 98, 2, 327, 93, 132, 323, 361, 58, 288, 50, 280, 187, 411, 147, 376]
 # Points that carry the source's mouth shape through the outline correction: lips and lower jaw.
@@ -143,7 +145,7 @@ class RetrievalRenderer(Renderer):
     def _render_one(self, task: FrameTask) -> RenderedCrop:
         lm_t = task.landmarks
         if lm_t is None:
-            return RenderedCrop(task.crop, None)
+            return RenderedCrop.untouched()
         bank = self.bank
         assert bank is not None
         i = min(task.out_index, len(self.path) - 1)
@@ -152,36 +154,35 @@ class RetrievalRenderer(Renderer):
         want = float(self.targets.gap[i]) * iod
         extra = want - float(bank.gap[j]) * iod
         if int(bank.frames[j]) == task.template_index and extra <= EXTRAPOLATE * iod:
-            return RenderedCrop(task.crop, None)  # the frame's own mouth already matches: leave it untouched
+            return RenderedCrop.untouched()  # the frame's own mouth already matches: leave it untouched
         src = np.asarray(bank.images[j])
         lm_s = bank.landmarks(self.ctx.avatar, j)
         m = similarity(lm_s[STABLE].astype(np.float64), lm_t[STABLE].astype(np.float64))
         lm_a = apply(m, lm_s)  # the source face in crop coordinates
-        h, w = task.crop.shape[:2]
-        alpha = composite_alpha(lm_t, lm_a, (h, w))
-        x0, y0, bw, bh = cv2.boundingRect((alpha > 0).astype(np.uint8))
-        if bw == 0 or bh == 0:
-            return RenderedCrop(task.crop, None)
-        x1, y1 = x0 + bw, y0 + bh
+        # Everything below works on the mask's box only (a fraction of a 1080p face crop), and the
+        # result covers just that box: the pipeline converts and blends no more than it.
+        alpha, (x0, y0, x1, y1) = composite_alpha_box(lm_t, lm_a, task.shape)
+        if x1 <= x0 or y1 <= y0 or not alpha.any():
+            return RenderedCrop.untouched()
         # The mask outline (cheeks, nose base, upper jaw) goes where the template frame has it; the
         # lips and chin stay as the source has them: its mouth shape is the point.
         dst = fitted_shape(lm_t, lm_a)
-        maps = piecewise_affine_maps(lm_a, dst, lower_face_polygon(lm_t, chin_margin=0.45),
-                                             (x0, y0, x1, y1), _OUTLINE + _SHAPE)
-        if maps is None:
-            maps = tuple(np.meshgrid(np.arange(x0, x1, dtype=np.float32), np.arange(y0, y1, dtype=np.float32)))
-        map_x, map_y = maps
-        inv = cv2.invertAffineTransform(m)
-        sx = inv[0, 0] * map_x + inv[0, 1] * map_y + inv[0, 2]
-        sy = inv[1, 0] * map_x + inv[1, 1] * map_y + inv[1, 2]
-        patch = cv2.remap(src, sx.astype(np.float32), sy.astype(np.float32), cv2.INTER_CUBIC,
-                          borderMode=cv2.BORDER_REPLICATE)
-        out = task.crop.copy()
-        region = (slice(y0, y1), slice(x0, x1))
-        out[region] = match_colour(patch, task.crop[region], alpha[region], lm_t - [x0, y0])
+        inv = cv2.invertAffineTransform(m)  # crop -> source image coordinates, folded into the maps
+        pull = piecewise_affine_map(lm_a, dst, lower_face_polygon(lm_t, chin_margin=0.45), (x0, y0, x1, y1),
+                                    _OUTLINE + _SHAPE, post=inv)
+        if pull is None:  # too few points to triangulate: the similarity alone
+            gx, gy = np.meshgrid(np.arange(x0, x1, dtype=np.float32), np.arange(y0, y1, dtype=np.float32))
+            pull = cv2.transform(np.dstack([gx, gy]), inv.astype(np.float32))
+        # Bicubic where sharpness shows (the lips, teeth and their surroundings), bilinear on the
+        # cheeks and chin, whose smooth skin looks the same either way at a fraction of the cost.
+        lips = dst[LIPS_OUTER_UPPER + LIPS_OUTER_LOWER] - np.float32([x0, y0])
+        (mx0, my0), (mx1, my1) = lips.min(0) - SHARP_MARGIN * iod, lips.max(0) + SHARP_MARGIN * iod
+        patch = remap_sharp(src, pull, (int(mx0), int(my0), int(np.ceil(mx1)), int(np.ceil(my1))))
+        local = lm_t - np.float32([x0, y0])
+        out = match_colour(patch, task.region((x0, y0, x1, y1)), alpha, local)
         if extra > EXTRAPOLATE * iod:
-            out = self._open_further(out, dst, extra, iod, alpha)
-        return RenderedCrop(out, alpha)
+            out = self._open_further(out, dst - np.float32([x0, y0]), extra, iod, alpha)
+        return RenderedCrop(out, alpha, (x0, y0))
 
     def _open_further(self, img: np.ndarray, lm: np.ndarray, extra: float, iod: float,
                       alpha: np.ndarray) -> np.ndarray:
@@ -191,3 +192,17 @@ class RetrievalRenderer(Renderer):
         strength = float(np.clip(extra / (0.06 * iod), 0.0, 1.0))
         draw_mouth_interior(warped, moved, iod, strength)
         return warped
+
+
+def remap_sharp(src: np.ndarray, pull: np.ndarray, sharp: tuple[int, int, int, int]) -> np.ndarray:
+    """``cv2.remap`` of ``src`` through ``pull`` (float32 (h, w, 2)): bicubic inside ``sharp`` (x0, y0,
+    x1, y1 in the map's pixels), bilinear elsewhere. The map is converted to fixed point (1/32 pixel)
+    first, which remap samples faster than a float one."""
+    m1, m2 = cv2.convertMaps(pull, None, cv2.CV_16SC2)
+    out = cv2.remap(src, m1, m2, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    h, w = out.shape[:2]
+    x0, y0, x1, y1 = max(sharp[0], 0), max(sharp[1], 0), min(sharp[2], w), min(sharp[3], h)
+    if x1 > x0 and y1 > y0:
+        out[y0:y1, x0:x1] = cv2.remap(src, m1[y0:y1, x0:x1], m2[y0:y1, x0:x1], cv2.INTER_CUBIC,
+                                      borderMode=cv2.BORDER_REPLICATE)
+    return out
