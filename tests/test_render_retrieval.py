@@ -207,3 +207,28 @@ def test_a_new_template_is_decoded_once_and_its_bank_matches_a_rebuilt_one(
     x1, y1 = min(ax + a.shape[1], bx + b.shape[1]), min(ay + a.shape[0], by + b.shape[0])
     assert x1 - x0 > 50 and y1 - y0 > 50
     np.testing.assert_array_equal(a[y0 - ay:y1 - ay, x0 - ax:x1 - ax], b[y0 - by:y1 - by, x0 - bx:x1 - bx])
+
+
+def test_torch_kernels_render_what_the_opencv_path_renders(short_template: tuple) -> None:
+    """The GPU path's kernels, run here on the CPU, give the same frames as the OpenCV path."""
+    info, avatar = short_template
+    n_out = 32
+    open_ = np.clip(0.5 + 0.5 * np.sin(np.arange(n_out) / 2.5), 0, 1)
+    frames = list(TemplateFrames(info, Fraction(25), avatar.n_frames).frames_for(
+        pingpong_indices(n_out, avatar.n_frames)))
+    outputs = []
+    for options in ({}, {"kernels": "torch"}):
+        ctx = _context(info, avatar, n_out, open_)
+        renderer = RetrievalRenderer(select_device("cpu"), **options)
+        renderer.prepare(ctx)
+        assert renderer.use_torch == bool(options)
+        out: list[np.ndarray] = []
+        for start in range(0, n_out, 16):
+            out += _render_chunk(frames[start:start + 16], start, ctx.template_indices, avatar, renderer)[0]
+        outputs.append(out)
+    changed = 0
+    for before, a, b in zip(frames, *outputs):
+        changed += int(np.any(a != before))
+        mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+        assert mse == 0 or 10 * np.log10(255 ** 2 / mse) > 38.0
+    assert changed > n_out // 3

@@ -82,6 +82,22 @@ def composite_alpha_box(lm_template: np.ndarray, lm_source: np.ndarray, shape: t
     return alpha, box
 
 
+MIN_RING = 50  # fewer shared pixels than this: no colour correction
+
+
+def _ring_rows(alpha: np.ndarray, lm: np.ndarray) -> slice:
+    # Above the mouth line, every other row: plenty for a mean and a spread, at a fraction of the cost.
+    return slice(0, int(np.clip(float(lm[[61, 291], 1].mean()), 0, len(alpha))), 2)
+
+
+def colour_ring(alpha: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """bool (h, w): the pixels :func:`match_colour` takes its statistics from."""
+    ring = np.zeros(alpha.shape, bool)
+    rows = _ring_rows(alpha, lm)
+    ring[rows] = (alpha[rows] >= 0.05) & (alpha[rows] <= 0.95)
+    return ring
+
+
 def match_colour(patch: np.ndarray, target: np.ndarray, alpha: np.ndarray, lm: np.ndarray) -> np.ndarray:
     """Shift ``patch``'s per-channel mean and scale its spread to ``target``'s where the two meet.
 
@@ -90,12 +106,11 @@ def match_colour(patch: np.ndarray, target: np.ndarray, alpha: np.ndarray, lm: n
     target are frames of one video, so the correction is small and a per-channel BGR match does
     what a Lab one would, without two colour conversions per frame.
     """
-    # Above the mouth line, every other row: plenty for a mean and a spread, at a fraction of the cost.
-    rows = slice(0, int(np.clip(float(lm[[61, 291], 1].mean()), 0, len(alpha))), 2)
+    rows = _ring_rows(alpha, lm)
     if rows.stop < 2:
         return patch
     ring = cv2.inRange(alpha[rows], 0.05, 0.95)
-    if cv2.countNonZero(ring) < 50:
+    if cv2.countNonZero(ring) < MIN_RING:
         return patch
     # OpenCV's masked statistics: no gathered copies of the pixels, and the GIL is released.
     mp, sp = (v.ravel()[:3].astype(np.float32) for v in cv2.meanStdDev(patch[rows], mask=ring))

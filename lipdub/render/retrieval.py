@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -31,7 +32,8 @@ from lipdub.face.landmarks import (
 )
 from lipdub.render.bank import STABLE, MouthBank, mouth_bank, pose_descriptor
 from lipdub.render.base import FrameTask, RenderContext, RenderedCrop, Renderer
-from lipdub.render.blend import composite_alpha_box, match_colour
+from lipdub.render.blend import colour_ring, composite_alpha_box, match_colour
+from lipdub.render.kernels import WarpJob, warp_and_match
 from lipdub.render.masks import lower_face_polygon
 from lipdub.render.select import Costs, Targets, map_targets, unary_costs, viterbi
 from lipdub.render.warp import WarpRenderer, draw_mouth_interior, piecewise_affine_map, warp_piecewise_affine
@@ -97,6 +99,22 @@ def apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return (pts @ m[:, :2].T + m[:, 2]).astype(np.float32)
 
 
+@dataclass
+class _Plan:
+    """One frame's retrieval, before the pixel work (resampling and colour matching)."""
+
+    source: np.ndarray  # BGR bank entry
+    pull: np.ndarray  # (h, w, 2) float32: source coordinates of every pixel of the mask's box
+    sharp: tuple[int, int, int, int]  # part of the box resampled bicubic (the lips)
+    target: np.ndarray  # BGR pixels of the frame in the box
+    alpha: np.ndarray  # (h, w) float32 mask over the box
+    local: np.ndarray  # the frame's landmarks in box coordinates
+    shape: np.ndarray  # where the source's points land, in box coordinates
+    origin: tuple[int, int]  # the box's corner in the crop
+    extra: float  # pixels the mouth must open beyond the source's
+    iod: float
+
+
 class RetrievalRenderer(Renderer):
     """The speaker's own mouth, retrieved from the template, aligned and blended at full resolution."""
 
@@ -140,9 +158,32 @@ class RetrievalRenderer(Renderer):
     def render(self, tasks: list[FrameTask]) -> list[RenderedCrop]:
         if self.bank is None:
             return self.warp.render(tasks)
-        return [self._render_one(t) for t in tasks]
+        plans = [self._plan(t) for t in tasks]
+        todo = [p for p in plans if isinstance(p, _Plan)]
+        patches = self._torch_patches(todo) if self.use_torch else None
+        if patches is None:
+            patches = [match_colour(remap_sharp(p.source, p.pull, p.sharp), p.target, p.alpha, p.local) for p in todo]
+        done = iter(patches)
+        return [p if isinstance(p, RenderedCrop) else self._finish(p, next(done)) for p in plans]
 
-    def _render_one(self, task: FrameTask) -> RenderedCrop:
+    @property
+    def use_torch(self) -> bool:
+        """Pixel work as batched torch kernels: on a GPU, or when asked for (``kernels="torch"``)."""
+        return self.device.kind == "cuda" or self.options.get("kernels") == "torch"
+
+    def _torch_patches(self, plans: list[_Plan]) -> list[np.ndarray] | None:
+        jobs = [WarpJob(p.source, p.pull[..., 0], p.pull[..., 1], p.target, colour_ring(p.alpha, p.local))
+                for p in plans]
+        try:
+            return warp_and_match(self.device, jobs)
+        except RuntimeError as e:  # CUDA out of memory or busy: this chunk on the CPU instead
+            if self.device.kind != "cuda":
+                raise
+            log.warning("GPU kernels failed (%s); rendering this chunk on the CPU.", str(e).splitlines()[0])
+            return None
+
+    def _plan(self, task: FrameTask) -> _Plan | RenderedCrop:
+        """Everything but the pixel work for one frame: which source, where its pixels go, the mask."""
         lm_t = task.landmarks
         if lm_t is None:
             return RenderedCrop.untouched()
@@ -165,7 +206,7 @@ class RetrievalRenderer(Renderer):
         if x1 <= x0 or y1 <= y0 or not alpha.any():
             return RenderedCrop.untouched()
         # The mask outline (cheeks, nose base, upper jaw) goes where the template frame has it; the
-        # lips and chin stay as the source has them: its mouth shape is the point.
+        # lips keep the source's shape on the frame's own jaw line (fitted_shape).
         dst = fitted_shape(lm_t, lm_a)
         inv = cv2.invertAffineTransform(m)  # crop -> source image coordinates, folded into the maps
         pull = piecewise_affine_map(lm_a, dst, lower_face_polygon(lm_t, chin_margin=0.45), (x0, y0, x1, y1),
@@ -177,12 +218,15 @@ class RetrievalRenderer(Renderer):
         # cheeks and chin, whose smooth skin looks the same either way at a fraction of the cost.
         lips = dst[LIPS_OUTER_UPPER + LIPS_OUTER_LOWER] - np.float32([x0, y0])
         (mx0, my0), (mx1, my1) = lips.min(0) - SHARP_MARGIN * iod, lips.max(0) + SHARP_MARGIN * iod
-        patch = remap_sharp(src, pull, (int(mx0), int(my0), int(np.ceil(mx1)), int(np.ceil(my1))))
-        local = lm_t - np.float32([x0, y0])
-        out = match_colour(patch, task.region((x0, y0, x1, y1)), alpha, local)
-        if extra > EXTRAPOLATE * iod:
-            out = self._open_further(out, dst - np.float32([x0, y0]), extra, iod, alpha)
-        return RenderedCrop(out, alpha, (x0, y0))
+        sharp = (int(mx0), int(my0), int(np.ceil(mx1)), int(np.ceil(my1)))
+        return _Plan(src, pull, sharp, task.region((x0, y0, x1, y1)), alpha, lm_t - np.float32([x0, y0]),
+                     dst - np.float32([x0, y0]), (x0, y0), extra, iod)
+
+    def _finish(self, plan: _Plan, patch: np.ndarray) -> RenderedCrop:
+        out = patch
+        if plan.extra > EXTRAPOLATE * plan.iod:
+            out = self._open_further(out, plan.shape, plan.extra, plan.iod, plan.alpha)
+        return RenderedCrop(out, plan.alpha, plan.origin)
 
     def _open_further(self, img: np.ndarray, lm: np.ndarray, extra: float, iod: float,
                       alpha: np.ndarray) -> np.ndarray:
