@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -99,25 +100,19 @@ def generate(audio: str | os.PathLike, face: str | os.PathLike, out: str | os.Pa
     report("analysing audio", 0.0, "decoding speech")
     clip = load_audio(audio, info=a_info)
     n_out = max(1, math.ceil(clip.duration * float(out_fps) - 1e-6))
-    mouth = analyse_audio(clip, float(out_fps), n_out, text=text).fit_length(n_out)
-    _check_cancel(cancel)
-
-    report("analysing template", 0.0, "finding the face")
-    cache_root = Path(cache_dir) if cache_dir else default_cache_root()
-    # The mouth bank is filled during the analysis's own decode, so a new template is decoded once.
-    bank = BankWriter(cache_root / "avatars", *output_size(f_info)) if (
-        f_info.kind == "video" and engine in ("auto", RetrievalRenderer.name)) else None
+    # The speech is analysed in a thread while the template is: the face mesh and pocketsphinx each
+    # leave a core partly idle, and neither needs the other's result.
+    pool = ThreadPoolExecutor(1, thread_name_prefix="lipdub-audio")
     try:
-        avatar = analyse_template(f_info, out_fps, cache_root, frame_sink=bank,
-                                  progress=lambda f: report("analysing template", f, "finding the face"))
-        if bank is not None and len(bank):
-            bank.finish(avatar, bank_folder(avatar))
+        speech = pool.submit(lambda: analyse_audio(clip, float(out_fps), n_out, text=text).fit_length(n_out))
+        avatar = _analyse_face(f_info, out_fps, engine, cache_dir, report)
+        mouth = speech.result()
     finally:
-        if bank is not None:
-            bank.discard()
+        pool.shutdown(wait=False)  # on an error, do not wait for the speech analysis to finish
     _check_cancel(cancel)
 
     engine_name = engine_for(engine, avatar)
+
     options = {"weights": str(weights)} if weights else {}
     renderer = create_renderer(engine_name, dev, **options)
     indices = pingpong_indices(n_out, avatar.n_frames)
@@ -148,6 +143,24 @@ def generate(audio: str | os.PathLike, face: str | os.PathLike, out: str | os.Pa
     report("done", 1.0, "finished")
     return Result(output=output, frames=n_out, fps=float(out_fps), duration=n_out / float(out_fps),
                   device=dev.describe(), engine=engine_name, seconds=seconds, faces_missing=missing)
+
+
+def _analyse_face(info: MediaInfo, fps: Fraction, engine: str, cache_dir: str | os.PathLike | None,
+                  report: _Reporter) -> Avatar:
+    report("analysing template", 0.0, "finding the face")
+    cache_root = Path(cache_dir) if cache_dir else default_cache_root()
+    # The mouth bank is filled during the analysis's own decode, so a new template is decoded once.
+    bank = BankWriter(cache_root / "avatars", *output_size(info)) if (
+        info.kind == "video" and engine in ("auto", RetrievalRenderer.name)) else None
+    try:
+        avatar = analyse_template(info, fps, cache_root, frame_sink=bank,
+                                  progress=lambda f: report("analysing template", f, "finding the face"))
+        if bank is not None and len(bank):
+            bank.finish(avatar, bank_folder(avatar))
+    finally:
+        if bank is not None:
+            bank.discard()
+    return avatar
 
 
 def _output_fps(fps: float | None, info: MediaInfo) -> Fraction:
