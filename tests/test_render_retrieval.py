@@ -24,7 +24,7 @@ from lipdub.render import RenderContext, engine_for
 from lipdub.render import bank as bank_mod
 from lipdub.render.masks import lower_face_polygon, polygon_alpha
 from lipdub.render.retrieval import RetrievalRenderer
-from lipdub.render.select import Costs, map_targets, unary_costs, viterbi
+from lipdub.render.select import Costs, candidates, map_targets, unary_costs, viterbi
 
 N_TEMPLATE = 50
 
@@ -42,10 +42,13 @@ def test_viterbi_matches_targets_and_prefers_neighbouring_frames() -> None:
     bank = fake_bank(gap)
     t = 120
     target_gap = np.clip(0.08 + 0.07 * np.sin(np.arange(t) / 5.0 + 1.0), 0, None).astype(np.float32)
-    targets = SimpleNamespace(gap=target_gap, width=np.full(t, 0.8, np.float32), speech=np.ones(t, bool))
+    targets = SimpleNamespace(gap=target_gap, width=np.full(t, 0.8, np.float32), speech=np.ones(t, bool), rest=0.0)
     c = Costs(base_pose_weight=0.0, same_frame_bonus=0.0)
     unary = unary_costs(targets, bank, np.full(t, -1), np.zeros((t, 4), np.float32), c)
-    path = viterbi(unary, bank, targets.speech, c)
+    cand, cost = candidates(targets, bank, np.full(t, -1), np.zeros((t, 4), np.float32), c, block=50)
+    # Blocks give the same candidates as the whole matrix would.
+    np.testing.assert_allclose(np.sort(cost, 1), np.sort(unary, 1)[:, : cost.shape[1]], rtol=1e-6)
+    path = viterbi(cand, cost, bank, targets.speech, c)
     err = np.abs(gap[path] - target_gap)
     assert np.median(err) < 0.015
     steps = np.diff(path)

@@ -35,7 +35,7 @@ from lipdub.render.base import FrameTask, RenderContext, RenderedCrop, Renderer
 from lipdub.render.blend import colour_ring, composite_alpha_box, match_colour
 from lipdub.render.kernels import WarpJob, warp_and_match
 from lipdub.render.masks import lower_face_polygon
-from lipdub.render.select import Costs, Targets, map_targets, unary_costs, viterbi
+from lipdub.render.select import Costs, Targets, candidates, map_targets, viterbi
 from lipdub.render.warp import WarpRenderer, draw_mouth_interior, piecewise_affine_map, warp_piecewise_affine
 
 log = logging.getLogger(__name__)
@@ -152,8 +152,8 @@ class RetrievalRenderer(Renderer):
         ref_iod = float(np.median(inter_ocular(av.landmarks[av.found])))
         poses = {int(i): pose_descriptor(av.landmarks[i], ref_iod) for i in np.unique(base) if av.found[i]}
         base_pose = np.stack([poses.get(int(i), np.zeros(4, np.float32)) for i in base])
-        unary = unary_costs(targets, bank, base, base_pose, c)
-        return viterbi(unary, bank, targets.speech, c), targets
+        cand, cost = candidates(targets, bank, base, base_pose, c)
+        return viterbi(cand, cost, bank, targets.speech, c), targets
 
     def render(self, tasks: list[FrameTask]) -> list[RenderedCrop]:
         if self.bank is None:

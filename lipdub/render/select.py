@@ -1,7 +1,8 @@
 """Choosing a source frame for every output frame: target mapping, costs, and a Viterbi path.
 
 Pure numpy, milliseconds for minutes of video: each output frame keeps its ``K`` best candidates by
-match cost, and the dynamic programme runs over those (K x K per step).
+match cost (computed a block of frames at a time), and the dynamic programme runs over those (K x K
+per step).
 """
 
 from __future__ import annotations
@@ -92,18 +93,38 @@ def transition_costs(bank, prev: np.ndarray, cur: np.ndarray, silent: bool, c: C
     return np.where(d == 1, 0.0, cost).astype(np.float32)
 
 
-def viterbi(unary: np.ndarray, bank, speech: np.ndarray, c: Costs, k: int = 40) -> np.ndarray:
-    """The bank entry for every output frame minimising match cost plus transition cost."""
-    n_t, n_s = unary.shape
+def candidates(t: Targets, bank, base_frames: np.ndarray, base_pose: np.ndarray, c: Costs, k: int = 40,
+               block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` cheapest bank entries for every output frame, (T, k), and their match costs, (T, k).
+
+    Costs are computed a block of output frames at a time, so memory is O(block x S), not O(T x S):
+    a 10-minute output against a 2-minute template would otherwise hold gigabytes of costs.
+    """
+    n_t, n_s = len(t.gap), len(bank.gap)
     k = min(k, n_s)
-    cand = np.argpartition(unary, k - 1, axis=1)[:, :k] if k < n_s else np.tile(np.arange(n_s), (n_t, 1))
-    score = unary[0, cand[0]].astype(np.float64)
+    cand = np.empty((n_t, k), np.int64)
+    cost = np.empty((n_t, k), np.float32)
+    for a in range(0, n_t, block):
+        rows = slice(a, min(a + block, n_t))
+        part = Targets(t.gap[rows], t.width[rows], t.speech[rows], t.rest)
+        u = unary_costs(part, bank, base_frames[rows], base_pose[rows], c)
+        best = np.argpartition(u, k - 1, axis=1)[:, :k] if k < n_s else np.tile(np.arange(n_s), (len(u), 1))
+        cand[rows] = best
+        cost[rows] = np.take_along_axis(u, best, 1)
+    return cand, cost
+
+
+def viterbi(cand: np.ndarray, cost: np.ndarray, bank, speech: np.ndarray, c: Costs) -> np.ndarray:
+    """The bank entry for every output frame, among its candidates (from :func:`candidates`),
+    minimising match cost plus transition cost."""
+    n_t, k = cand.shape
+    score = cost[0].astype(np.float64)
     back = np.zeros((n_t, k), np.int32)
     for t in range(1, n_t):
         trans = transition_costs(bank, cand[t - 1], cand[t], not bool(speech[t]), c)
         total = score[:, None] + trans
         back[t] = np.argmin(total, 0)
-        score = total[back[t], np.arange(k)] + unary[t, cand[t]]
+        score = total[back[t], np.arange(k)] + cost[t]
     path = np.zeros(n_t, np.int64)
     a = int(np.argmin(score))
     for t in range(n_t - 1, -1, -1):
