@@ -100,9 +100,12 @@ def test_backward_runs_match_forward_frames(monkeypatch) -> None:
     n = len(forward)
     monkeypatch.setattr(decode, "TEMPLATE_MEMORY_BUDGET", 0)  # force the re-decoding path
     order = pingpong_indices(2 * n + 5, n)
-    source = TemplateFrames(info, fps, n)
-    for i, frame in zip(order, source.frames_for(order), strict=True):
-        assert np.array_equal(frame, forward[i])
+    for memory in (0, decode.BACKWARD_MEMORY):  # several short backward steps per run, then the default
+        monkeypatch.setattr(decode, "BACKWARD_MEMORY", memory)
+        source = TemplateFrames(info, fps, n)
+        assert memory or source.backward_chunk < n // 2
+        for i, frame in zip(order, source.frames_for(order), strict=True):
+            assert np.array_equal(frame, forward[i])
 
 
 def test_rotation_of_planes() -> None:

@@ -192,9 +192,9 @@ class TemplateFrames:
             if keep and len(kept) >= self.n_frames:
                 self._all = kept
             return
-        chunk = self.backward_chunk
-        for end in range(a, b - 1, -chunk):
-            begin = max(b, end - chunk + 1)
+        step_frames = self.backward_chunk
+        for end in range(a, b - 1, -step_frames):
+            begin = max(b, end - step_frames + 1)
             chunk = [f for _, f in self.decoder.frames(begin, end + 1)]
             if not chunk:
                 raise InputError(f"Could not re-read frames {begin}-{end} of {self.info.path.name}.")
