@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 # Above this many decoded bytes a template is re-decoded for backward (ping-pong) runs instead of kept.
 TEMPLATE_MEMORY_BUDGET = 400 * 1024 * 1024
 BACKWARD_CHUNK = 24  # frames per backward run at least; more when they are small (see backward_chunk)
-BACKWARD_MEMORY = 160 * 1024 * 1024  # each backward run decodes from a keyframe: fewer, larger runs
+BACKWARD_MEMORY = 64 * 1024 * 1024  # each backward step decodes from a keyframe: fewer, larger steps
 
 
 def output_size(info: MediaInfo) -> tuple[int, int]:
@@ -152,7 +152,8 @@ class TemplateFrames:
     @property
     def backward_chunk(self) -> int:
         """Frames decoded per step of a backward run: each step restarts from a keyframe, so as many as
-        BACKWARD_MEMORY holds (24 at 4K, 53 at 1080p, 215 at 540p)."""
+        BACKWARD_MEMORY holds (24 at 1080p and above, 48 at 720p, 86 at 540p): a
+        constant, so memory does not depend on how long the output is."""
         w, h = output_size(self.info)
         return max(BACKWARD_CHUNK, BACKWARD_MEMORY // max(w * h * 3 // 2, 1))
 
