@@ -235,3 +235,32 @@ def test_torch_kernels_render_what_the_opencv_path_renders(short_template: tuple
         mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
         assert mse == 0 or 10 * np.log10(255 ** 2 / mse) > 38.0
     assert changed > n_out // 3
+
+
+def test_bank_writer_makes_nothing_until_fed_and_sweeps_banks_left_by_killed_jobs(tmp_path: Path) -> None:
+    import os
+    import time
+
+    stale = tmp_path / (bank_mod.TEMP_PREFIX + "killed")
+    stale.mkdir()
+    (stale / "images.u8").write_bytes(b"\0" * 64)
+    old = time.time() - bank_mod.STALE_TEMP_S - 60
+    for p in (stale / "images.u8", stale):
+        os.utime(p, (old, old))
+    running = tmp_path / (bank_mod.TEMP_PREFIX + "running")  # another job writing right now
+    running.mkdir()
+    (running / "images.u8").write_bytes(b"\0" * 64)
+
+    idle = bank_mod.BankWriter(tmp_path, 64, 64)
+    idle(0, np.zeros((96, 64), np.uint8), None)  # no face: nothing to store
+    idle.discard()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([stale.name, running.name])
+
+    writer = bank_mod.BankWriter(tmp_path, 64, 64)
+    lm = np.zeros((478, 2), np.float32)
+    lm[:, 0] = np.linspace(10, 50, 478)
+    lm[:, 1] = np.linspace(10, 50, 478)[::-1]
+    writer(0, np.zeros((96, 64), np.uint8), lm)
+    assert len(writer) == 1 and not stale.exists() and running.exists()
+    writer.discard()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name]

@@ -12,9 +12,11 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -38,6 +40,9 @@ REGION_MARGIN = 0.45
 # Extra room around that region (x iod): the feathered edge, and the few pixels between the landmarks
 # seen while decoding and the smoothed ones the bank is described with.
 REGION_PAD = 0.2
+TEMP_PREFIX = ".mouth_bank-"
+# A bank being written is touched every frame; one untouched this long was left by a killed job.
+STALE_TEMP_S = 6 * 3600
 
 
 class BankImages:
@@ -164,23 +169,32 @@ class BankWriter:
     """
 
     def __init__(self, parent: Path, width: int, height: int) -> None:
-        parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=".mouth_bank-", dir=parent))
+        self.parent = parent
         self.width, self.height = width, height
-        self._file = open(self.tmp / "images.u8", "wb")  # noqa: SIM115 - written frame by frame, closed in finish
+        self.tmp: Path | None = None  # made at the first frame: a cached avatar never needs one
+        self._file: BinaryIO | None = None
+        self._closed = False
         self._frames: list[int] = []
         self._origins: list[tuple[int, int]] = []
         self._shapes: list[tuple[int, int]] = []
         self._offsets: list[int] = []
         self._end = 0
 
+    def _open(self) -> BinaryIO:
+        if self._file is None:
+            self.parent.mkdir(parents=True, exist_ok=True)
+            sweep_stale_banks(self.parent)
+            self.tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=self.parent))
+            self._file = open(self.tmp / "images.u8", "wb")  # noqa: SIM115 - written frame by frame, closed in finish
+        return self._file
+
     def __call__(self, k: int, frame: np.ndarray, landmarks: np.ndarray | None) -> None:
         """Store template frame ``k``'s lower face (I420); ``landmarks`` None means no face: nothing stored."""
-        if landmarks is None or self._file.closed:
+        if landmarks is None or self._closed:
             return
         x0, y0, x1, y1 = region_box(landmarks, self.width, self.height)
         stored = crop_i420(frame, (x0, y0, x1, y1))
-        self._file.write(stored.tobytes())
+        self._open().write(stored.tobytes())
         self._frames.append(int(k))
         self._origins.append((x0, y0))
         self._shapes.append((y1 - y0, x1 - x0))
@@ -191,13 +205,17 @@ class BankWriter:
         return len(self._frames)
 
     def discard(self) -> None:
-        if not self._file.closed:
+        self._closed = True
+        if self._file is not None and not self._file.closed:
             self._file.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def finish(self, avatar: Avatar, folder: Path) -> MouthBank:
         """Describe every stored entry from the avatar's landmarks and move the bank into ``folder``."""
-        self._file.close()
+        self._open().close()
+        self._closed = True
+        assert self.tmp is not None
         try:
             frames = np.asarray(self._frames, np.int64)
             keep = np.array([k < avatar.n_frames and bool(avatar.found[k]) for k in frames], bool)
@@ -233,6 +251,19 @@ class BankWriter:
             raise OSError(f"The mouth bank just written to {folder} could not be read back.")
         log.info("Mouth bank: %d frames, %.0f MB.", len(bank), self._end / 1e6)
         return bank
+
+
+def sweep_stale_banks(parent: Path) -> None:
+    """Remove half-written banks left by jobs that were killed (a 1080p one can be gigabytes)."""
+    now = time.time()
+    for folder in parent.glob(TEMP_PREFIX + "*"):
+        try:
+            newest = max([folder.stat().st_mtime] + [f.stat().st_mtime for f in folder.iterdir()])
+        except OSError:
+            continue  # another job is removing it
+        if now - newest > STALE_TEMP_S:
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("Removed an unfinished mouth bank left by an interrupted job: %s", folder.name)
 
 
 def bank_folder(avatar: Avatar) -> Path:
