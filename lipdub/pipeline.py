@@ -112,7 +112,6 @@ def generate(audio: str | os.PathLike, face: str | os.PathLike, out: str | os.Pa
     _check_cancel(cancel)
 
     engine_name = engine_for(engine, avatar)
-
     options = {"weights": str(weights)} if weights else {}
     renderer = create_renderer(engine_name, dev, **options)
     indices = pingpong_indices(n_out, avatar.n_frames)

@@ -44,7 +44,7 @@ def warp_and_match(device: Device, jobs: list[WarpJob]) -> list[np.ndarray]:
     sw = max(j.source.shape[1] for j in jobs)
     oh = max(j.map_x.shape[0] for j in jobs)
     ow = max(j.map_x.shape[1] for j in jobs)
-    # Pinned host buffers, filled once and copied up in one transfer each.
+    # Host buffers, filled once, then (pinned, on CUDA) copied up in one transfer each.
     src = torch.zeros((n, sh, sw, 3), dtype=torch.uint8)
     grid = torch.zeros((n, oh, ow, 2), dtype=torch.float32)
     tgt = torch.zeros((n, oh, ow, 3), dtype=torch.uint8)
