@@ -38,6 +38,8 @@ SMOOTH_S = 0.04  # the jaw's own inertia: real openness has little energy above 
 PHONE_WEIGHT = 0.5  # share of the phone track in the openness at full confidence
 LABIO_DEPTH = 0.5  # how far an f/v pulls the opening down (allphone confuses f/v with th, so not fully)
 APERTURE_SHARE = 0.6  # lip-radiation (high band) vs jaw-height (F1) cue in the acoustic openness
+QUIET_CLOSING = 0.25  # share of the opening lost at the quietest hops of speech (scorer: 0.1-0.7 trade
+# self-clip accuracy for contrast between speech and its pauses; 0.25 keeps the first within 0.01)
 
 
 @dataclass
@@ -142,6 +144,15 @@ def _norm(v: np.ndarray, mask: np.ndarray, lo_p: float = 5, hi_p: float = 95) ->
     return np.clip((v - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
 
 
+def quiet_level(rms_db: np.ndarray, speech: np.ndarray) -> np.ndarray:
+    """0 at or above this recording's 30th-percentile speech level, 1 at or below its 5th percentile."""
+    if not speech.any():
+        return np.zeros(len(rms_db))
+    lvl = rms_db[speech]
+    q05, q30 = float(np.percentile(lvl, 5)), float(np.percentile(lvl, 30))
+    return np.clip((q30 - rms_db) / max(q30 - q05, 1e-3), 0.0, 1.0)
+
+
 def acoustic_open(F: Features, speech: np.ndarray) -> np.ndarray:
     """Openness from acoustics alone, for any language, as the sum of two physically separate cues.
     Lip aperture: the lips act as a low-pass radiator, so the wider they are the more energy escapes
@@ -156,6 +167,9 @@ def acoustic_open(F: Features, speech: np.ndarray) -> np.ndarray:
     # Unvoiced and silent hops have no F1: they take the speech median, i.e. no jaw cue either way.
     f1 = np.nan_to_num(f1, nan=float(np.nanmedian(f1[speech])) if ok else 500.0)
     f1n = _norm(f1, speech, 10, 97) if ok else np.zeros_like(f1)
+    # ...except near-silent hops inside speech (pauses, stop closures): the jaw rises towards rest there.
+    if ok:
+        f1n = np.where(np.isfinite(np.asarray(F.f1)), f1n, f1n * (1.0 - quiet_level(F.rms_db, speech)))
     return APERTURE_SHARE * hi + (1.0 - APERTURE_SHARE) * f1n
 
 
@@ -211,6 +225,14 @@ def analyse_detailed(clip: AudioClip, text: str | None = None) -> tuple[Analysis
     gate = gaussian_filter1d(act.astype(float), 0.06 / HOP_S, mode="nearest") if n > 1 else act.astype(float)
     gate[gate < 0.02] = 0.0  # no residual quiver far from speech
     closed = closure_mask(T.closed) * (gate > 0.5)
+    # Quiet stretches inside speech (stop closures, short pauses) raise the jaw a little, led like
+    # everything else by the anticipation.
+    quiet = quiet_level(A.features.rms_db, speech)
+    if n > 1:
+        shift_q = int(round(ANTICIPATION_S / HOP_S))
+        quiet = gaussian_filter1d(quiet, 0.04 / HOP_S, mode="nearest")
+        quiet = np.concatenate([quiet[shift_q:], np.repeat(quiet[-1:], min(shift_q, n))])[:n]
+    open_ = open_ * (1.0 - QUIET_CLOSING * quiet)
     open_ = smooth_keep_closures(open_ * gate, closed, sigma_s=0.0)
     # f/v: the lower lip rises to the upper teeth, so the inner-lip gap almost vanishes; eased over
     # ~20 ms either side like any lip gesture, and not a closure (the lips do not meet).
