@@ -14,7 +14,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 # Bump when the analysis changes, so old caches are not reused.
-ANALYSIS_VERSION = 2  # 2: zero-phase landmark smoothing
+ANALYSIS_VERSION = 3  # 2: zero-phase landmark smoothing; 3: mesh window shrunk to 640 px
 
 
 @dataclass

@@ -48,6 +48,31 @@ def crop_bgr(frame: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     return cv2.cvtColor(crop_i420(frame, box), cv2.COLOR_YUV2BGR_I420)
 
 
+def crop_rgb(frame: np.ndarray, box: tuple[int, int, int, int],
+             max_side: int | None = None) -> tuple[np.ndarray, tuple[float, float]]:
+    """RGB picture of an even-aligned box of a packed I420 frame, its longer side at most ``max_side``;
+    returns (image, (x scale, y scale)). The planes are shrunk before the colour conversion, so a
+    large box costs about what a small one does."""
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    sx = sy = 1.0
+    if max_side and max(w, h) > max_side:
+        s = max_side / max(w, h)
+        nw, nh = max(2, round(w * s) & ~1), max(2, round(h * s) & ~1)
+        small = []
+        for d, p in zip((1, 2, 2), planes(frame), strict=True):  # d: chroma planes are half size
+            p = p[y0 // d : y1 // d, x0 // d : x1 // d]
+            # Halvings with a Gaussian (cheap and alias-free), then one bilinear step of at most 2x;
+            # OpenCV's area resampling costs ten times more at factors that do not divide the size.
+            while p.shape[1] >= 2 * nw // d and p.shape[0] >= 2 * nh // d:
+                p = cv2.pyrDown(p)
+            small.append(cv2.resize(p, (nw // d, nh // d), interpolation=cv2.INTER_LINEAR))
+        i420, sx, sy = pack(*small), nw / w, nh / h
+    else:
+        i420 = crop_i420(frame, box)
+    return cv2.cvtColor(i420, cv2.COLOR_YUV2RGB_I420), (sx, sy)
+
+
 def to_rgb(frame: np.ndarray, max_side: int | None = None) -> tuple[np.ndarray, float]:
     """RGB picture of a frame for analysis, optionally downscaled; returns (image, scale)."""
     rgb = cv2.cvtColor(frame, cv2.COLOR_YUV2RGB_I420)
