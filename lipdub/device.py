@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 
 from lipdub.errors import DeviceError
@@ -27,6 +28,7 @@ class Device:
     def torch(self):  # -> torch.device; torch imported lazily to keep `import lipdub` light
         import torch
 
+        _size_torch_threads()
         return torch.device(self.kind if self.index is None else f"{self.kind}:{self.index}")
 
     @property
@@ -80,8 +82,21 @@ def select_device(spec: str = "auto", *, min_free_bytes: int = MIN_FREE_GPU_BYTE
     return device
 
 
+def _nvidia_driver_absent() -> bool:
+    """True where no NVIDIA driver can exist (Linux without its device nodes): torch, whose import
+    alone takes seconds, need not be asked."""
+    if not sys.platform.startswith("linux"):
+        return False
+    nodes = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg")  # dxg: WSL2
+    return not any(os.path.exists(p) for p in nodes)
+
+
 def _resolve(spec: str, min_free_bytes: int) -> Device:
     if spec == "cpu":
+        return cpu_device()
+    if spec != "mps" and _nvidia_driver_absent():
+        if spec != "auto":
+            log.warning("CUDA was requested but no usable NVIDIA GPU was found; falling back to the CPU.")
         return cpu_device()
     import torch
 
@@ -125,11 +140,22 @@ def _freest_gpu() -> int:
 def configure_threads(device: Device) -> None:
     """Size torch's and OpenCV's thread pools from the core count (they otherwise oversubscribe)."""
     import cv2
-    import torch
 
-    n = cpu_count()
-    torch.set_num_threads(n)
-    cv2.setNumThreads(n)
+    cv2.setNumThreads(cpu_count())
+    if "torch" in sys.modules:  # else sized when first used (Device.torch)
+        _size_torch_threads()
+
+
+_torch_sized = False
+
+
+def _size_torch_threads() -> None:
+    global _torch_sized
+    if not _torch_sized:
+        import torch
+
+        torch.set_num_threads(cpu_count())
+        _torch_sized = True
 
 
 def is_out_of_memory(error: BaseException) -> bool:
