@@ -156,6 +156,7 @@ def test_thirty_minutes_bounded_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     clip = AudioClip(np.tile(src, 30))
     assert clip.duration >= 1799
     monkeypatch.setattr(AN.ph, "recognise", lambda x, sr, offset_s=0.0, lw=2.0: [])
+    monkeypatch.setattr(AN.ph.Recogniser, "MIN_PARALLEL_S", float("inf"))  # the stub lives in this process
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux reports KiB)
     tr = analyse(clip, 25.0)
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
@@ -163,3 +164,45 @@ def test_thirty_minutes_bounded_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     assert tr.speech.mean() > 0.5
     # The audio itself is 110 MiB; whole-file framing would need several GiB.
     assert grown < 300, f"peak RSS grew by {grown:.0f} MiB"
+
+
+@pytest.fixture(scope="module")
+def speech_25s() -> AudioClip:
+    clip = load_audio(media("en_speech_60s.wav"))
+    n = 25 * clip.sample_rate
+    return AudioClip(clip.samples[:n].copy(), clip.sample_rate)
+
+
+def _chunks(clip: AudioClip) -> list[tuple[np.ndarray, float]]:
+    sr, step = clip.sample_rate, 10 * clip.sample_rate
+    return [(clip.samples[a: a + step], a / sr) for a in range(0, len(clip.samples), step)]
+
+
+def test_phone_workers_give_the_same_phones_in_order(speech_25s: AudioClip) -> None:
+    from lipdub.audio import phones as ph
+
+    jobs = [(x, off, lw) for x, off in _chunks(speech_25s) for lw in (2.0, 4.0)]
+    with ph.Recogniser(speech_25s.duration, len(jobs)) as rec:
+        assert rec._workers, "25 s of audio on 2+ cores should use worker processes"
+        for x, off, lw in jobs:
+            rec.submit(x, speech_25s.sample_rate, off, lw)
+        parallel = rec.results()
+    serial = [ph.recognise(x, speech_25s.sample_rate, off, lw) for x, off, lw in jobs]
+    assert parallel == serial
+    assert all(p.start >= off - 1e-9 for seq, (_, off, _) in zip(parallel, jobs, strict=True) for p in seq)
+
+
+def test_phone_worker_crash_falls_back_to_this_process(speech_25s: AudioClip,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    from lipdub.audio import phones as ph
+
+    jobs = [(x, off) for x, off in _chunks(speech_25s)]
+    with ph.Recogniser(speech_25s.duration, len(jobs)) as rec:
+        rec.submit(jobs[0][0], speech_25s.sample_rate, jobs[0][1], 2.0)
+        for w in rec._workers:
+            w.kill()
+        for x, off in jobs[1:]:
+            rec.submit(x, speech_25s.sample_rate, off, 2.0)
+        got = rec.results()
+    assert got == [ph.recognise(x, speech_25s.sample_rate, off, 2.0) for x, off in jobs]
+    assert "continues in this process" in caplog.text

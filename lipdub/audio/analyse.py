@@ -92,25 +92,28 @@ def _measure(clip: AudioClip, text: str | None) -> Analysis:
         log.warning("The transcript is ignored for audio longer than %.0f s; recognising phones instead.",
                     ph.MAX_ALIGN_S)
         use_text = False
-    for h0, h1 in zip(cuts[:-1], cuts[1:], strict=True):
-        s0, s1 = int(round(h0 * HOP_S * sr)), int(round(h1 * HOP_S * sr))
-        c0 = max(0, s0 - int(CONTEXT_S * sr))
-        y = _to_16k(x[c0: min(len(x), s1 + int(CONTEXT_S * sr))], sr)
-        lead = int(round((s0 - c0) * RATE / sr))
-        n = h1 - h0
-        core = y[lead: lead + n * int(RATE * HOP_S)]
-        # Features over context, then trimmed to this chunk's hops.
-        f = compute_features(y, RATE)
-        first = lead // int(RATE * HOP_S)
-        feats.append(Features(*(getattr(f, k)[first: first + n] for k in
-                                ("rms_db", "bands_db", "f1", "f2", "voicing", "burst"))))
-        fl = vad.webrtc_flags(core, RATE)
-        flags.append(np.pad(fl, (0, max(0, n - len(fl))))[:n])
-        if not use_text:
-            phones.extend(ph.recognise(core, RATE, offset_s=h0 * HOP_S, lw=ph.ALLPHONE_LWS[0]))
-            for alt, lw in zip(alts, ph.ALLPHONE_LWS[1:], strict=True):
-                alt.extend(ph.recognise(core, RATE, offset_s=h0 * HOP_S, lw=lw))
-        del y, core, f
+    with ph.Recogniser(0.0 if use_text else clip.duration, (len(cuts) - 1) * len(ph.ALLPHONE_LWS)) as decodes:
+        for h0, h1 in zip(cuts[:-1], cuts[1:], strict=True):
+            s0, s1 = int(round(h0 * HOP_S * sr)), int(round(h1 * HOP_S * sr))
+            c0 = max(0, s0 - int(CONTEXT_S * sr))
+            y = _to_16k(x[c0: min(len(x), s1 + int(CONTEXT_S * sr))], sr)
+            lead = int(round((s0 - c0) * RATE / sr))
+            n = h1 - h0
+            core = y[lead: lead + n * int(RATE * HOP_S)]
+            # Features over context, then trimmed to this chunk's hops.
+            f = compute_features(y, RATE)
+            first = lead // int(RATE * HOP_S)
+            feats.append(Features(*(getattr(f, k)[first: first + n] for k in
+                                    ("rms_db", "bands_db", "f1", "f2", "voicing", "burst"))))
+            fl = vad.webrtc_flags(core, RATE)
+            flags.append(np.pad(fl, (0, max(0, n - len(fl))))[:n])
+            if not use_text:
+                for lw in ph.ALLPHONE_LWS:
+                    decodes.submit(core, RATE, h0 * HOP_S, lw)
+            del y, core, f
+        # Decodes come back chunk by chunk, each chunk's in ALLPHONE_LWS order.
+        for k, seq in enumerate(decodes.results()):
+            (phones if k % len(ph.ALLPHONE_LWS) == 0 else alts[k % len(ph.ALLPHONE_LWS) - 1]).extend(seq)
     F = Features.concat(feats)
     pad = total - len(F)
     if pad > 0:  # a short last chunk can come out one hop short
