@@ -201,7 +201,10 @@ def test_a_new_template_is_decoded_once_and_its_bank_matches_a_rebuilt_one(
     rebuilt = bank_mod.build_bank(avatar, info, tmp_path / "rebuilt")
     np.testing.assert_array_equal(from_analysis.frames, rebuilt.frames)
     np.testing.assert_allclose(from_analysis.gap, rebuilt.gap, atol=1e-6)
-    np.testing.assert_allclose(from_analysis.teeth, rebuilt.teeth, atol=0.05)
+    # Colour descriptors: measured with the raw landmarks while decoding, with the smoothed ones here.
+    assert np.abs(from_analysis.teeth - rebuilt.teeth).mean() < 0.02
+    np.testing.assert_allclose(from_analysis.teeth, rebuilt.teeth, atol=0.1)
+    np.testing.assert_allclose(from_analysis.light, rebuilt.light, atol=3.0)
     # Same pixels wherever both crops cover the frame.
     j = len(rebuilt) // 2
     a, b = from_analysis.images[j], rebuilt.images[j]

@@ -24,13 +24,13 @@ import numpy as np
 from lipdub.face.avatar import Avatar
 from lipdub.face.landmarks import LIPS_INNER_LOWER, LIPS_INNER_UPPER, eye_centres, inter_ocular, lip_gap
 from lipdub.media.decode import VideoDecoder
-from lipdub.media.frames import crop_i420
+from lipdub.media.frames import crop_bgr, crop_i420, frame_size, planes
 from lipdub.media.probe import MediaInfo
 from lipdub.render.masks import lower_face_polygon
 
 log = logging.getLogger(__name__)
 
-BANK_VERSION = 5  # 5: entries stored as I420, each its own size
+BANK_VERSION = 6  # 5: entries stored as I420, each its own size; 6: colour descriptors while decoding
 # Points that do not move when speaking: eye corners and the nose bridge. Alignment is fitted on them.
 STABLE = [33, 133, 362, 263, 168, 6, 197, 195, 5]
 NOSE_TIP = 4
@@ -152,20 +152,38 @@ def region_box(lm: np.ndarray, width: int, height: int) -> tuple[int, int, int, 
     return x0, y0, max(x1, x0 + 2), max(y1, y0 + 2)
 
 
-def _lower_face_light(bgr: np.ndarray, lm: np.ndarray) -> np.ndarray:
-    poly = lower_face_polygon(lm, chin_margin=0.0)
-    mask = np.zeros(bgr.shape[:2], np.uint8)
-    cv2.fillPoly(mask, [np.round(poly).astype(np.int32)], 255)
-    lab = cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB)
-    return np.array(cv2.mean(lab, mask=mask)[:3], np.float32)
+def teeth_score_i420(crop: np.ndarray, lm: np.ndarray) -> float:
+    """:func:`teeth_score` of a packed I420 crop, converting only the mouth's own box to BGR."""
+    w, h = frame_size(crop)
+    inner = np.concatenate([lm[LIPS_INNER_UPPER], lm[LIPS_INNER_LOWER]])
+    x0, y0 = (np.floor(inner.min(0)).astype(int) - 6).clip(0) & ~1
+    x1, y1 = np.minimum((np.ceil(inner.max(0)).astype(int) + 8) & ~1, [w - w % 2, h - h % 2])
+    if x1 - x0 < 4 or y1 - y0 < 4:
+        return 0.0
+    return teeth_score(crop_bgr(crop, (int(x0), int(y0), int(x1), int(y1))), lm - np.float32([x0, y0]))
+
+
+def lower_face_light_i420(crop: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """Lab colour (OpenCV's 8-bit scale) of the lower face's mean colour, the light it is lit by,
+    measured on the I420 planes at half resolution (a mean needs no more)."""
+    y, u, v = planes(crop)
+    mask = np.zeros(u.shape, np.uint8)
+    cv2.fillPoly(mask, [np.round(lower_face_polygon(lm, chin_margin=0.0) / 2).astype(np.int32)], 255)
+    if not mask.any():
+        return np.zeros(3, np.float32)
+    means = [cv2.mean(np.ascontiguousarray(p), mask=mask)[0] for p in (y[::2, ::2], u, v)]
+    pixel = np.array([[means[0]] * 2, [means[0]] * 2, [means[1], means[2]]], np.float32)
+    bgr = cv2.cvtColor(np.clip(np.round(pixel), 0, 255).astype(np.uint8), cv2.COLOR_YUV2BGR_I420)[:1, :1]
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB)[0, 0].astype(np.float32)
 
 
 class BankWriter:
     """Writes a mouth bank from frames as they are decoded: fed by the template's analysis pass, so the
     template is decoded once, or by :func:`build_bank` for an avatar analysed before.
 
-    Crops are cut around the landmarks seen while decoding; the descriptors come at :meth:`finish`
-    from the avatar's final (smoothed) landmarks, which is why the box has a little extra room.
+    Crops are cut around the landmarks seen while decoding, and their colour descriptors (teeth,
+    light) are measured then; the shape descriptors come at :meth:`finish` from the avatar's final
+    (smoothed) landmarks, which is why the box has a little extra room.
     """
 
     def __init__(self, parent: Path, width: int, height: int) -> None:
@@ -178,6 +196,8 @@ class BankWriter:
         self._origins: list[tuple[int, int]] = []
         self._shapes: list[tuple[int, int]] = []
         self._offsets: list[int] = []
+        self._teeth: list[float] = []
+        self._light: list[np.ndarray] = []
         self._end = 0
 
     def _open(self) -> BinaryIO:
@@ -195,6 +215,11 @@ class BankWriter:
         x0, y0, x1, y1 = region_box(landmarks, self.width, self.height)
         stored = crop_i420(frame, (x0, y0, x1, y1))
         self._open().write(stored.tobytes())
+        # Colour descriptors now, from the crop in hand (reading it back later costs a disk read and a
+        # conversion per frame); the landmarks are the raw ones, which is plenty for a mean colour.
+        lm = landmarks - np.float32([x0, y0])
+        self._teeth.append(teeth_score_i420(stored, lm))
+        self._light.append(lower_face_light_i420(stored, lm))
         self._frames.append(int(k))
         self._origins.append((x0, y0))
         self._shapes.append((y1 - y0, x1 - x0))
@@ -223,18 +248,15 @@ class BankWriter:
             images = BankImages(self.tmp / "images.u8", np.asarray(self._offsets, np.int64),
                                 np.asarray(self._shapes, np.int64).reshape(-1, 2))
             n = len(frames)
-            gap, width, rnd, teeth = (np.zeros(n, np.float32) for _ in range(4))
-            light = np.zeros((n, 3), np.float32)
+            gap, width, rnd = (np.zeros(n, np.float32) for _ in range(3))
+            teeth = np.asarray(self._teeth, np.float32).reshape(n)
+            light = np.asarray(self._light, np.float32).reshape(n, 3)
             pose = np.zeros((n, 4), np.float32)
             if keep.any():
                 ref_iod = float(np.median(inter_ocular(avatar.landmarks[frames[keep]])))
             for e in np.flatnonzero(keep):
                 lm_frame = avatar.landmarks[frames[e]]
-                lm = lm_frame - origins[e].astype(np.float32)
-                crop = images[e]
-                gap[e], width[e], rnd[e] = shape_descriptors(lm)
-                teeth[e] = teeth_score(crop, lm)
-                light[e] = _lower_face_light(crop, lm)
+                gap[e], width[e], rnd[e] = shape_descriptors(lm_frame - origins[e].astype(np.float32))
                 pose[e] = pose_descriptor(lm_frame, ref_iod)
             np.savez(self.tmp / "meta.npz", frames=frames[keep], origin=origins[keep], gap=gap[keep],
                      width=width[keep], round=rnd[keep], teeth=teeth[keep], pose=pose[keep], light=light[keep],
