@@ -13,7 +13,7 @@ from conftest import AUDIOS, PHOTOS, VIDEOS, cut_audio, media, needs_media
 from lipdub.errors import InputError
 from lipdub.media.audio import load_audio
 from lipdub.media.decode import TemplateFrames, VideoDecoder, pingpong_indices
-from lipdub.media.frames import blend_bgr, crop_bgr, pack, planes, rotate
+from lipdub.media.frames import blend_bgr, crop_bgr, crop_rgb, pack, planes, rotate
 from lipdub.media.probe import probe
 
 pytestmark = needs_media
@@ -179,3 +179,22 @@ def test_blend_changes_only_pixels_with_alpha_and_reads_a_part_of_the_crop() -> 
     chroma_touched[(oy + 10) // 2 : (oy + 30) // 2, (ox + 8) // 2 : (ox + 22) // 2] = True
     for k in (1, 2):
         np.testing.assert_array_equal(planes(out)[k][~chroma_touched], planes(frame)[k][~chroma_touched])
+
+
+@needs_media
+def test_shrunken_window_matches_the_full_resolution_picture() -> None:
+    """The face-mesh window (crop_rgb) is the frame's own picture, shrunk: same colours, exact scale."""
+    info = probe(media("katie_talk_512.mp4"))
+    _, frame = next(iter(VideoDecoder(info, info.fps).frames(0, 1)))
+    box = (10, 6, 500, 496)  # even-aligned, 490 px wide
+    small, (sx, sy) = crop_rgb(frame, box, max_side=200)
+    assert max(small.shape[:2]) <= 200 and small.shape[1] % 2 == 0 and small.shape[0] % 2 == 0
+    assert sx == pytest.approx(small.shape[1] / 490) and sy == pytest.approx(small.shape[0] / 490)
+    full = crop_bgr(frame, box)[..., ::-1]
+    ref = cv2.resize(full, (small.shape[1], small.shape[0]), interpolation=cv2.INTER_AREA)
+    # The two shrink with different filters, so edges differ a little; compared softened, a window
+    # off by one pixel differs by about 5 levels and swapped channels by about 23.
+    soft = [cv2.GaussianBlur(a, (0, 0), 1.0).astype(int) for a in (small, ref)]
+    assert np.abs(soft[0] - soft[1]).mean() < 2.5
+    same, scale = crop_rgb(frame, box)  # no limit: the crop at full resolution
+    assert scale == (1.0, 1.0) and np.array_equal(same, full)
