@@ -1,5 +1,6 @@
 """Full-length benchmark: N minutes of real speech (../shared/media/en_speech_60s.wav tiled) through
-``lipdub.audio.analyse`` with pocketsphinx, reporting the real-time factor and peak RSS growth.
+``lipdub.audio.analyse`` with pocketsphinx, reporting the real-time factor, the peak RSS growth of
+this process and the peak RSS of the largest phone-recognition worker process.
 
     python bench/long_audio.py [--minutes 30]
 """
@@ -33,8 +34,10 @@ def main() -> int:
     tr = analyse(clip, 25.0)
     dt = time.perf_counter() - t0
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+    worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest phone worker's peak
     print(f"{clip.duration / 60:.1f} min audio -> {len(tr)} frames in {dt:.1f} s "
-          f"(RTF {dt / clip.duration:.4f}); peak RSS grew {grown:.0f} MiB; speech {tr.speech.mean():.2f}")
+          f"(RTF {dt / clip.duration:.4f}); peak RSS grew {grown:.0f} MiB, largest worker process "
+          f"{worker:.0f} MiB; speech {tr.speech.mean():.2f}")
     return 0
 
 
