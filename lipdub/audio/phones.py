@@ -164,7 +164,9 @@ class Recogniser:
         while self._workers and any(j is not None for j in self._busy):
             self._collect(min(j for j in self._busy if j is not None))
         self.close()
-        return [r if r is not None else [] for r in self._done]
+        if any(r is None for r in self._done):
+            raise RuntimeError("a phone-recognition job was lost")  # a bug, never a silent gap
+        return [r for r in self._done if r is not None]
 
     def __enter__(self) -> Recogniser:
         return self
@@ -173,7 +175,11 @@ class Recogniser:
         self.close()
 
     def close(self) -> None:
-        for p in self._workers:
+        """Stop the workers: idle ones exit when their input closes; busy ones (an error cut the
+        analysis short) are killed rather than waited for."""
+        for p, job in zip(self._workers, self._busy, strict=True):
+            if job is not None:
+                p.kill()
             for stream in (p.stdin, p.stdout):
                 with contextlib.suppress(OSError):
                     stream.close()
