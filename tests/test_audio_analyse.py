@@ -206,3 +206,15 @@ def test_phone_worker_crash_falls_back_to_this_process(speech_25s: AudioClip,
         got = rec.results()
     assert got == [ph.recognise(x, speech_25s.sample_rate, off, 2.0) for x, off in jobs]
     assert "continues in this process" in caplog.text
+
+
+def test_transcript_that_cannot_align_falls_back_to_the_same_phones(speech_25s: AudioClip,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A transcript with no words to align gives the allphone decodes a transcript-free run gives
+    (25 s: decoded by the worker processes on both paths)."""
+    plain = AN._measure(speech_25s, None)
+    fallback = AN._measure(speech_25s, "-- ... --")
+    assert "does not match the audio" in caplog.text
+    assert not fallback.aligned
+    assert fallback.phones == plain.phones and fallback.alternatives == plain.alternatives
+    assert len(plain.phones) > 50 and len(plain.alternatives) == len(AN.ph.ALLPHONE_LWS) - 1

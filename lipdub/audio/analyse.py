@@ -111,9 +111,8 @@ def _measure(clip: AudioClip, text: str | None) -> Analysis:
                 for lw in ph.ALLPHONE_LWS:
                     decodes.submit(core, RATE, h0 * HOP_S, lw)
             del y, core, f
-        # Decodes come back chunk by chunk, each chunk's in ALLPHONE_LWS order.
-        for k, seq in enumerate(decodes.results()):
-            (phones if k % len(ph.ALLPHONE_LWS) == 0 else alts[k % len(ph.ALLPHONE_LWS) - 1]).extend(seq)
+        if not use_text:
+            phones, alts = _by_weight(decodes.results())
     F = Features.concat(feats)
     pad = total - len(F)
     if pad > 0:  # a short last chunk can come out one hop short
@@ -127,17 +126,26 @@ def _measure(clip: AudioClip, text: str | None) -> Analysis:
             phones, aligned = aligned_phones, True
         else:
             log.warning("The transcript does not match the audio; recognising phones instead.")
-            for h0, h1 in zip(cuts[:-1], cuts[1:], strict=True):
-                s0, s1 = int(round(h0 * HOP_S * sr)), int(round(h1 * HOP_S * sr))
-                y = _to_16k(x[s0:s1], sr)
-                phones.extend(ph.recognise(y, RATE, offset_s=h0 * HOP_S, lw=ph.ALLPHONE_LWS[0]))
-                for alt, lw in zip(alts, ph.ALLPHONE_LWS[1:], strict=True):
-                    alt.extend(ph.recognise(y, RATE, offset_s=h0 * HOP_S, lw=lw))
+            with ph.Recogniser(clip.duration, (len(cuts) - 1) * len(ph.ALLPHONE_LWS)) as decodes:
+                for h0, h1 in zip(cuts[:-1], cuts[1:], strict=True):
+                    s0, s1 = int(round(h0 * HOP_S * sr)), int(round(h1 * HOP_S * sr))
+                    y = _to_16k(x[s0:s1], sr)
+                    for lw in ph.ALLPHONE_LWS:
+                        decodes.submit(y, RATE, h0 * HOP_S, lw)
+                phones, alts = _by_weight(decodes.results())
     live = F.rms_db[F.rms_db > -100.0]
     floor_db = float(np.percentile(live, 5)) if len(live) else -120.0
     peak_db = float(np.percentile(live, 98)) if len(live) else -120.0
     speech = vad.speech_mask(raw, F.rms_db, floor_db, peak_db)
     return Analysis(F, raw, speech, phones, aligned, 0.0, [] if aligned else alts)
+
+
+def _by_weight(decodes: list[list[ph.Phone]]) -> tuple[list[ph.Phone], list[list[ph.Phone]]]:
+    """Chunk-by-chunk decodes (each chunk's in ``ALLPHONE_LWS`` order) as the first weight's phones
+    and one list per further weight, each over the whole recording."""
+    n = len(ph.ALLPHONE_LWS)
+    per_weight = [[p for seq in decodes[i::n] for p in seq] for i in range(n)]
+    return per_weight[0], per_weight[1:]
 
 
 def _norm(v: np.ndarray, mask: np.ndarray, lo_p: float = 5, hi_p: float = 95) -> np.ndarray:
