@@ -47,6 +47,9 @@ PIECES = [
     ("lipdub.render.retrieval", "piecewise_affine_maps"),
     ("lipdub.render.retrieval", "piecewise_affine_map"),
     ("lipdub.render.retrieval", "match_colour"),
+    ("lipdub.render.retrieval", "match_colour_i420"),
+    ("lipdub.render.retrieval", "remap_i420"),
+    ("lipdub.pipeline", "blend_i420"),
     ("lipdub.render.retrieval", "remap_cubic"),
     ("lipdub.render.retrieval", "remap_sharp"),
 ]

@@ -29,7 +29,7 @@ from lipdub.media.audio import load_audio
 from lipdub.media.decode import TemplateFrames, load_image, output_size, pingpong_indices
 from lipdub.media.encode import VideoWriter, nvenc_available
 from lipdub.media.encode import quality as quality_preset
-from lipdub.media.frames import blend_bgr
+from lipdub.media.frames import blend_bgr, blend_i420
 from lipdub.media.limits import Limits, check_audio, check_face
 from lipdub.media.probe import MediaInfo, probe
 from lipdub.render import FrameTask, RenderContext, create_renderer, engine_class, engine_for
@@ -323,7 +323,8 @@ def _render_chunk(chunk: list[np.ndarray], start: int, indices: np.ndarray, avat
                 frames[j] = frames[j].copy()
                 ox, oy = task.box[0] + result.origin[0], task.box[1] + result.origin[1]
                 h, w = result.alpha.shape[:2]
-                blend_bgr(frames[j], (ox, oy, ox + w, oy + h), result.crop, result.alpha)
+                blend = blend_i420 if result.i420 else blend_bgr
+                blend(frames[j], (ox, oy, ox + w, oy + h), result.crop, result.alpha)
     return frames, missing
 
 

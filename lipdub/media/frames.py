@@ -89,6 +89,18 @@ def blend_bgr(frame: np.ndarray, box: tuple[int, int, int, int], bgr: np.ndarray
     ``box`` (x0, y0, x1, y1, even-aligned) is where ``bgr`` and ``alpha`` lie in the frame. Pixels
     whose alpha is 0 keep the template's exact values (no round trip through RGB).
     """
+    _blend(frame, box, alpha, lambda r0, r1, c0, c1: cv2.cvtColor(bgr[r0:r1, c0:c1], cv2.COLOR_BGR2YUV_I420))
+
+
+def blend_i420(frame: np.ndarray, box: tuple[int, int, int, int], i420: np.ndarray, alpha: np.ndarray) -> None:
+    """:func:`blend_bgr` for a crop that is already packed I420 (``alpha``'s size, even)."""
+    y, u, v = planes(i420)
+    _blend(frame, box, alpha, lambda r0, r1, c0, c1: (
+        y[r0:r1, c0:c1], u[r0 // 2 : r1 // 2, c0 // 2 : c1 // 2], v[r0 // 2 : r1 // 2, c0 // 2 : c1 // 2]))
+
+
+def _blend(frame: np.ndarray, box: tuple[int, int, int, int], alpha: np.ndarray, part) -> None:
+    # part(r0, r1, c0, c1): the crop's rows r0:r1 and columns c0:c1 (even) as I420 planes, or packed.
     x0, y0 = box[0], box[1]
     # Only the (even-aligned) bounding box of alpha > 0 is converted and mixed: masks are mostly 0.
     c0, r0, bw, bh = cv2.boundingRect((alpha > 0).view(np.uint8))
@@ -99,7 +111,8 @@ def blend_bgr(frame: np.ndarray, box: tuple[int, int, int, int], bgr: np.ndarray
     if c1 <= c0 or r1 <= r0:
         return
     a = np.ascontiguousarray(alpha[r0:r1, c0:c1], dtype=np.float32)
-    ny, nu, nv = planes(cv2.cvtColor(bgr[r0:r1, c0:c1], cv2.COLOR_BGR2YUV_I420))
+    new = part(r0, r1, c0, c1)
+    ny, nu, nv = planes(new) if isinstance(new, np.ndarray) else new
     fy, fu, fv = planes(frame)
     x0, y0 = x0 + c0, y0 + r0
     x1, y1 = x0 + (c1 - c0), y0 + (r1 - r0)

@@ -61,6 +61,11 @@ class BankImages:
         return len(self.offsets)
 
     def __getitem__(self, j: int) -> np.ndarray:
+        """Entry ``j`` as BGR."""
+        return cv2.cvtColor(self.i420(j), cv2.COLOR_YUV2BGR_I420)
+
+    def i420(self, j: int) -> np.ndarray:
+        """Entry ``j`` as stored: packed I420, (h * 3 / 2, w)."""
         h, w = (int(v) for v in self.shapes[j])
         size = entry_bytes(h, w)
         fd = os.open(self.path, os.O_RDONLY)
@@ -70,7 +75,7 @@ class BankImages:
             os.close(fd)
         if len(data) != size:
             raise OSError(f"mouth bank entry {j} is truncated in {self.path}")
-        return cv2.cvtColor(np.frombuffer(data, np.uint8).reshape(h * 3 // 2, w), cv2.COLOR_YUV2BGR_I420)
+        return np.frombuffer(data, np.uint8).reshape(h * 3 // 2, w)
 
 
 def entry_bytes(h: int, w: int) -> int:

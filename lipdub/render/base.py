@@ -12,13 +12,14 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import cv2
 import numpy as np
 
 from lipdub.audio.track import MouthTrack
 from lipdub.device import Device
 from lipdub.face.avatar import Avatar
 from lipdub.media.audio import AudioClip
-from lipdub.media.frames import crop_bgr
+from lipdub.media.frames import crop_bgr, crop_i420
 from lipdub.media.probe import MediaInfo
 
 
@@ -66,6 +67,14 @@ class FrameTask:
         bx, by = self.box[0], self.box[1]
         return crop_bgr(self.frame, (bx + x0, by + y0, bx + x1, by + y1))
 
+    def region_i420(self, sub: tuple[int, int, int, int]) -> np.ndarray:
+        """Packed I420 of ``sub`` (even-aligned, crop coordinates): the frame's own bytes, no conversion."""
+        x0, y0, x1, y1 = sub
+        if self._crop is not None or self.frame is None:
+            return cv2.cvtColor(np.ascontiguousarray(self.crop[y0:y1, x0:x1]), cv2.COLOR_BGR2YUV_I420)
+        bx, by = self.box[0], self.box[1]
+        return crop_i420(self.frame, (bx + x0, by + y0, bx + x1, by + y1))
+
 
 @dataclass
 class RenderedCrop:
@@ -75,9 +84,11 @@ class RenderedCrop:
     even) in crop coordinates: an engine that changes a small region returns just that region.
     """
 
-    crop: np.ndarray  # BGR uint8, the task's crop or the part of it at ``origin``
-    alpha: np.ndarray | None  # float32, same (h, w) as ``crop``, in [0, 1]; None: leave the frame untouched
+    crop: np.ndarray  # BGR uint8 (h, w, 3), or packed I420 (h * 3 / 2, w) with ``i420``: the task's crop
+    # or the part of it at ``origin``
+    alpha: np.ndarray | None  # float32 (h, w), in [0, 1]; None: leave the frame untouched
     origin: tuple[int, int] = (0, 0)
+    i420: bool = False  # ``crop`` is in the frame's own format: blended without a colour conversion
 
     @classmethod
     def untouched(cls) -> RenderedCrop:

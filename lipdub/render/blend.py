@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 
 from lipdub.face.landmarks import JAW, NOSE_BASE, inter_ocular
+from lipdub.media.frames import planes
 from lipdub.render.masks import feather, lower_face_polygon, polygon_distance
 
 FEATHER = 0.20  # x inter-ocular distance
@@ -16,7 +17,8 @@ SIDE_MARGIN = 0.08
 # The source's own outline only ever widens the mask within this far past the frame's jaw (x iod):
 # a source turned further than the frame would otherwise bring its hair or ear over the cheek.
 REACH = 0.45
-# Feather ramps at least this wide (pixels) are computed at half resolution.
+# Feather ramps at least this wide (pixels) are computed at half resolution, at least twice as wide at a
+# quarter: the ramp keeps 8 or more steps, which bilinear interpolation smooths back.
 HALF_RES_FEATHER = 16.0
 
 
@@ -65,9 +67,9 @@ def composite_alpha_box(lm_template: np.ndarray, lm_source: np.ndarray, shape: t
     box = (int(x0), int(y0), int(x1), int(y1))
     bw, bh = int(x1 - x0), int(y1 - y0)
     ramp = FEATHER * iod
-    # A wide ramp (a large face) is computed at half resolution and interpolated back: the distances
-    # are then off by about a pixel, invisible in a ramp tens of pixels wide, at a quarter of the cost.
-    scale = 0.5 if ramp >= HALF_RES_FEATHER else 1.0
+    # A wide ramp (a large face) is computed at reduced resolution and interpolated back: the distances
+    # are then off by a pixel or two, invisible in a ramp tens of pixels wide, at a fraction of the cost.
+    scale = 0.25 if ramp >= 2 * HALF_RES_FEATHER else 0.5 if ramp >= HALF_RES_FEATHER else 1.0
     shape = (int(np.ceil(bh * scale)), int(np.ceil(bw * scale)))
     off = np.array([x0, y0], np.float32)
     # Smoothstep is monotone, so the union of the two feathered masks is the feather of the larger
@@ -91,20 +93,22 @@ def _ring_rows(alpha: np.ndarray, lm: np.ndarray) -> slice:
 
 
 def colour_ring(alpha: np.ndarray, lm: np.ndarray) -> np.ndarray:
-    """bool (h, w): the pixels :func:`match_colour` takes its statistics from."""
+    """bool (h, w): the pixels :func:`match_colour_i420` takes its luma statistics from."""
     ring = np.zeros(alpha.shape, bool)
     rows = _ring_rows(alpha, lm)
     ring[rows] = (alpha[rows] >= 0.05) & (alpha[rows] <= 0.95)
     return ring
 
 
-def match_colour(patch: np.ndarray, target: np.ndarray, alpha: np.ndarray, lm: np.ndarray) -> np.ndarray:
-    """Shift ``patch``'s per-channel mean and scale its spread to ``target``'s where the two meet.
+def match_colour_i420(patch: np.ndarray, target: np.ndarray, alpha: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """Shift each plane's mean and scale its spread to ``target``'s where the two meet, in place on
+    ``patch`` (both packed I420 of ``alpha``'s size).
 
     Statistics come from the feathered ring above the mouth line (cheeks, under the nose), where
     both show the same skin; below it the two chins may differ in place, not in light. Source and
-    target are frames of one video, so the correction is small and a per-channel BGR match does
-    what a Lab one would, without two colour conversions per frame.
+    target are frames of one video, so the correction is small, and a shift and gain per Y, U and V
+    plane does what one in Lab would, on the planes the frame is made of. The chroma ring is every
+    other column of the luma ring's rows (which are every other row).
     """
     rows = _ring_rows(alpha, lm)
     if rows.stop < 2:
@@ -112,9 +116,12 @@ def match_colour(patch: np.ndarray, target: np.ndarray, alpha: np.ndarray, lm: n
     ring = cv2.inRange(alpha[rows], 0.05, 0.95)
     if cv2.countNonZero(ring) < MIN_RING:
         return patch
-    # OpenCV's masked statistics: no gathered copies of the pixels, and the GIL is released.
-    mp, sp = (v.ravel()[:3].astype(np.float32) for v in cv2.meanStdDev(patch[rows], mask=ring))
-    mt, st = (v.ravel()[:3].astype(np.float32) for v in cv2.meanStdDev(target[rows], mask=ring))
-    gain = np.clip((st + 1.0) / (sp + 1.0), 0.85, 1.18)
-    lut = np.clip((np.arange(256, dtype=np.float32)[:, None] - mp) * gain + mt + 0.5, 0, 255).astype(np.uint8)
-    return cv2.LUT(patch, lut[None])  # one table per channel, in one pass
+    ring_c = np.ascontiguousarray(ring[:, ::2])
+    rows_c = slice(0, len(ring_c))  # luma row 2k is chroma row k
+    for p, t, r, m in zip(planes(patch), planes(target), (rows, rows_c, rows_c), (ring, ring_c, ring_c), strict=True):
+        (mp,), (sp,) = (v.ravel()[:1] for v in cv2.meanStdDev(p[r], mask=m))
+        (mt,), (st,) = (v.ravel()[:1] for v in cv2.meanStdDev(t[r], mask=m))
+        gain = min(max((st + 1.0) / (sp + 1.0), 0.85), 1.18)
+        lut = np.clip((np.arange(256, dtype=np.float32) - mp) * gain + mt + 0.5, 0, 255).astype(np.uint8)
+        cv2.LUT(p, lut, dst=p)
+    return patch

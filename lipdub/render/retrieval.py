@@ -30,9 +30,10 @@ from lipdub.face.landmarks import (
     inter_ocular,
     lip_gap,
 )
+from lipdub.media.frames import pack, planes
 from lipdub.render.bank import STABLE, MouthBank, mouth_bank, pose_descriptor
 from lipdub.render.base import FrameTask, RenderContext, RenderedCrop, Renderer
-from lipdub.render.blend import colour_ring, composite_alpha_box, match_colour
+from lipdub.render.blend import colour_ring, composite_alpha_box, match_colour_i420
 from lipdub.render.kernels import WarpJob, warp_and_match
 from lipdub.render.masks import lower_face_polygon
 from lipdub.render.select import Costs, Targets, candidates, map_targets, viterbi
@@ -103,10 +104,11 @@ def apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
 class _Plan:
     """One frame's retrieval, before the pixel work (resampling and colour matching)."""
 
-    source: np.ndarray  # BGR bank entry
+    entry: int  # the bank entry whose lower face is pasted
+    task: FrameTask
+    box: tuple[int, int, int, int]  # the mask's box in crop coordinates (even)
     pull: np.ndarray  # (h, w, 2) float32: source coordinates of every pixel of the mask's box
     sharp: tuple[int, int, int, int]  # part of the box resampled bicubic (the lips)
-    target: np.ndarray  # BGR pixels of the frame in the box
     alpha: np.ndarray  # (h, w) float32 mask over the box
     local: np.ndarray  # the frame's landmarks in box coordinates
     shape: np.ndarray  # where the source's points land, in box coordinates
@@ -161,10 +163,18 @@ class RetrievalRenderer(Renderer):
         plans = [self._plan(t) for t in tasks]
         todo = [p for p in plans if isinstance(p, _Plan)]
         patches = self._torch_patches(todo) if self.use_torch else None
-        if patches is None:
-            patches = [match_colour(remap_sharp(p.source, p.pull, p.sharp), p.target, p.alpha, p.local) for p in todo]
+        i420 = patches is None
+        if i420:
+            # On the CPU the pixel work stays in the frame's own I420 planes: the bank stores them, the
+            # frame is made of them, and chroma at half resolution is a quarter of the resampling.
+            patches = [self._patch_i420(p) for p in todo]
         done = iter(patches)
-        return [p if isinstance(p, RenderedCrop) else self._finish(p, next(done)) for p in plans]
+        return [p if isinstance(p, RenderedCrop) else self._finish(p, next(done), i420) for p in plans]
+
+    def _patch_i420(self, p: _Plan) -> np.ndarray:
+        assert self.bank is not None
+        src = self.bank.images.i420(p.entry)
+        return match_colour_i420(remap_i420(src, p.pull, p.sharp), p.task.region_i420(p.box), p.alpha, p.local)
 
     @property
     def use_torch(self) -> bool:
@@ -172,8 +182,9 @@ class RetrievalRenderer(Renderer):
         return self.device.kind == "cuda" or self.options.get("kernels") == "torch"
 
     def _torch_patches(self, plans: list[_Plan]) -> list[np.ndarray] | None:
-        jobs = [WarpJob(p.source, p.pull[..., 0], p.pull[..., 1], p.target, colour_ring(p.alpha, p.local))
-                for p in plans]
+        assert self.bank is not None
+        jobs = [WarpJob(np.asarray(self.bank.images[p.entry]), p.pull[..., 0], p.pull[..., 1], p.task.region(p.box),
+                        colour_ring(p.alpha, p.local)) for p in plans]
         try:
             return warp_and_match(self.device, jobs)
         except RuntimeError as e:  # CUDA out of memory or busy: this chunk on the CPU instead
@@ -196,7 +207,6 @@ class RetrievalRenderer(Renderer):
         extra = want - float(bank.gap[j]) * iod
         if int(bank.frames[j]) == task.template_index and extra <= EXTRAPOLATE * iod:
             return RenderedCrop.untouched()  # the frame's own mouth already matches: leave it untouched
-        src = np.asarray(bank.images[j])
         lm_s = bank.landmarks(self.ctx.avatar, j)
         m = similarity(lm_s[STABLE].astype(np.float64), lm_t[STABLE].astype(np.float64))
         lm_a = apply(m, lm_s)  # the source face in crop coordinates
@@ -219,14 +229,15 @@ class RetrievalRenderer(Renderer):
         lips = dst[LIPS_OUTER_UPPER + LIPS_OUTER_LOWER] - np.float32([x0, y0])
         (mx0, my0), (mx1, my1) = lips.min(0) - SHARP_MARGIN * iod, lips.max(0) + SHARP_MARGIN * iod
         sharp = (int(mx0), int(my0), int(np.ceil(mx1)), int(np.ceil(my1)))
-        return _Plan(src, pull, sharp, task.region((x0, y0, x1, y1)), alpha, lm_t - np.float32([x0, y0]),
+        return _Plan(j, task, (x0, y0, x1, y1), pull, sharp, alpha, lm_t - np.float32([x0, y0]),
                      dst - np.float32([x0, y0]), (x0, y0), extra, iod)
 
-    def _finish(self, plan: _Plan, patch: np.ndarray) -> RenderedCrop:
-        out = patch
-        if plan.extra > EXTRAPOLATE * plan.iod:
-            out = self._open_further(out, plan.shape, plan.extra, plan.iod, plan.alpha)
-        return RenderedCrop(out, plan.alpha, plan.origin)
+    def _finish(self, plan: _Plan, patch: np.ndarray, i420: bool) -> RenderedCrop:
+        if plan.extra > EXTRAPOLATE * plan.iod:  # drawn in BGR: the warp engine's mouth interior
+            bgr = cv2.cvtColor(patch, cv2.COLOR_YUV2BGR_I420) if i420 else patch
+            return RenderedCrop(self._open_further(bgr, plan.shape, plan.extra, plan.iod, plan.alpha), plan.alpha,
+                                plan.origin)
+        return RenderedCrop(patch, plan.alpha, plan.origin, i420=i420)
 
     def _open_further(self, img: np.ndarray, lm: np.ndarray, extra: float, iod: float,
                       alpha: np.ndarray) -> np.ndarray:
@@ -250,3 +261,21 @@ def remap_sharp(src: np.ndarray, pull: np.ndarray, sharp: tuple[int, int, int, i
         out[y0:y1, x0:x1] = cv2.remap(src, m1[y0:y1, x0:x1], m2[y0:y1, x0:x1], cv2.INTER_CUBIC,
                                       borderMode=cv2.BORDER_REPLICATE)
     return out
+
+
+def remap_i420(src: np.ndarray, pull: np.ndarray, sharp: tuple[int, int, int, int]) -> np.ndarray:
+    """:func:`remap_sharp` of a packed I420 image into a packed I420 result of ``pull``'s (even) size.
+
+    Luma goes through ``pull`` as it is; chroma through ``pull`` sampled at the chroma samples'
+    centres (luma pixels 2j + 0.5, which a 2:1 bilinear resize gives exactly, the map being affine
+    there) and scaled to chroma coordinates.
+    """
+    sy, su, sv = planes(src)
+    y = remap_sharp(sy, pull, sharp)
+    h, w = pull.shape[:2]
+    half = cv2.resize(pull, (w // 2, h // 2), interpolation=cv2.INTER_LINEAR)
+    half -= 0.5
+    half *= 0.5
+    m1, m2 = cv2.convertMaps(half, None, cv2.CV_16SC2)
+    u, v = (cv2.remap(p, m1, m2, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) for p in (su, sv))
+    return pack(y, u, v)
