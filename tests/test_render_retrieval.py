@@ -18,12 +18,13 @@ from lipdub.face.analyse import analyse_template
 from lipdub.face.landmarks import inter_ocular
 from lipdub.media.audio import AudioClip
 from lipdub.media.decode import TemplateFrames, pingpong_indices
+from lipdub.media.frames import crop_i420, planes
 from lipdub.media.probe import probe
 from lipdub.pipeline import _render_chunk, generate
 from lipdub.render import RenderContext, engine_for
 from lipdub.render import bank as bank_mod
 from lipdub.render.masks import lower_face_polygon, polygon_alpha
-from lipdub.render.retrieval import RetrievalRenderer
+from lipdub.render.retrieval import RetrievalRenderer, remap_i420
 from lipdub.render.select import Costs, candidates, map_targets, unary_costs, viterbi
 
 N_TEMPLATE = 50
@@ -267,3 +268,19 @@ def test_bank_writer_makes_nothing_until_fed_and_sweeps_banks_left_by_killed_job
     assert len(writer) == 1 and not stale.exists() and running.exists()
     writer.discard()
     assert sorted(p.name for p in tmp_path.iterdir()) == [running.name]
+
+
+def test_i420_resampling_keeps_luma_and_chroma_aligned() -> None:
+    """A map shifted by (6, 4) pixels moves the luma by as many pixels and the chroma by (3, 2) samples."""
+    with av.open(str(media("katie_talk_512.mp4"))) as c:
+        frame = next(c.decode(video=0)).to_ndarray(format="yuv420p")
+    src = crop_i420(frame, (100, 100, 300, 260))
+    h, w = 120, 160
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    sy, su, sv = planes(src)
+    for dx, dy in ((0, 0), (6, 4)):
+        out = remap_i420(src, np.dstack([gx + dx, gy + dy]), (20, 20, 100, 80))  # bicubic inside that box
+        oy, ou, ov = planes(out)
+        np.testing.assert_array_equal(oy, sy[dy:dy + h, dx:dx + w])
+        np.testing.assert_array_equal(ou, su[dy // 2:dy // 2 + h // 2, dx // 2:dx // 2 + w // 2])
+        np.testing.assert_array_equal(ov, sv[dy // 2:dy // 2 + h // 2, dx // 2:dx // 2 + w // 2])
