@@ -29,7 +29,7 @@ from lipdub.media.audio import load_audio
 from lipdub.media.decode import TemplateFrames, load_image, output_size, pingpong_indices
 from lipdub.media.encode import VideoWriter, nvenc_available
 from lipdub.media.encode import quality as quality_preset
-from lipdub.media.frames import blend_bgr, blend_i420
+from lipdub.media.frames import OutputFrame, Overlay
 from lipdub.media.limits import Limits, check_audio, check_face
 from lipdub.media.probe import MediaInfo, probe
 from lipdub.render import FrameTask, RenderContext, create_renderer, engine_class, engine_for
@@ -297,16 +297,15 @@ def _get(q: queue.Queue, stop: threading.Event) -> object:
 
 
 def _render_chunk(chunk: list[np.ndarray], start: int, indices: np.ndarray, avatar: Avatar,
-                  renderer) -> tuple[list[np.ndarray], int]:
+                  renderer) -> tuple[list[OutputFrame], int]:
     height, width = chunk[0].shape[0] * 2 // 3, chunk[0].shape[1]
     tasks: list[FrameTask] = []
-    frames: list[np.ndarray] = []
+    out = [OutputFrame(frame) for frame in chunk]
     slots: list[int] = []
     missing = 0
     for j, frame in enumerate(chunk):
         out_index = start + j
         ti = int(indices[out_index])
-        frames.append(frame)
         lm = avatar.landmarks[min(ti, avatar.n_frames - 1)]
         if np.isnan(lm[0, 0]):
             missing += 1
@@ -319,13 +318,10 @@ def _render_chunk(chunk: list[np.ndarray], start: int, indices: np.ndarray, avat
     if tasks:
         for j, task, result in zip(slots, tasks, renderer.render(tasks)):
             if result.alpha is not None:
-                # Copied only when drawn on: template frames may be shared (photos, cached templates).
-                frames[j] = frames[j].copy()
                 ox, oy = task.box[0] + result.origin[0], task.box[1] + result.origin[1]
                 h, w = result.alpha.shape[:2]
-                blend = blend_i420 if result.i420 else blend_bgr
-                blend(frames[j], (ox, oy, ox + w, oy + h), result.crop, result.alpha)
-    return frames, missing
+                out[j].overlays.append(Overlay((ox, oy, ox + w, oy + h), result.crop, result.alpha, result.i420))
+    return out, missing
 
 
 def _check_cancel(cancel: threading.Event | None) -> None:

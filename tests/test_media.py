@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from fractions import Fraction
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -198,3 +199,32 @@ def test_shrunken_window_matches_the_full_resolution_picture() -> None:
     assert np.abs(soft[0] - soft[1]).mean() < 2.5
     same, scale = crop_rgb(frame, box)  # no limit: the crop at full resolution
     assert scale == (1.0, 1.0) and np.array_equal(same, full)
+
+
+def test_encoder_blends_overlays_into_its_own_frame(tmp_path) -> None:
+    """An OutputFrame encodes as its packed() image does, and its template frame is left unchanged.
+
+    334 pixels wide: the encoder's rows are padded past the width, which the blend must skip."""
+    from lipdub.media.encode import VideoWriter
+    from lipdub.media.frames import OutputFrame, Overlay
+
+    rng = np.random.default_rng(5)
+    frame = rng.integers(0, 256, (180 * 3 // 2, 334), np.uint8)
+    frame.setflags(write=False)
+    bgr = rng.integers(0, 256, (60, 80, 3), np.uint8)
+    yuv = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)
+    alpha = np.zeros((60, 80), np.float32)
+    alpha[10:50, 10:70] = 0.7
+    out = OutputFrame(frame, [Overlay((240, 100, 320, 160), bgr, alpha),
+                              Overlay((20, 20, 100, 80), yuv, alpha, i420=True)])
+    audio = probe(media("en_radio_8s.wav"))
+    decoded = []
+    for name, item in (("overlays", out), ("packed", out.packed())):
+        writer = VideoWriter(tmp_path / f"{name}.mp4", 334, 180, Fraction(25), audio, "balanced")
+        writer.write(item)
+        writer.close()
+        with av.open(str(tmp_path / f"{name}.mp4")) as c:
+            decoded.append(next(c.decode(video=0)).to_ndarray(format="yuv420p"))
+    np.testing.assert_array_equal(decoded[0], decoded[1])
+    assert not np.array_equal(out.packed(), frame)  # the overlays do change the picture...
+    assert out.frame is frame  # ...not the template frame

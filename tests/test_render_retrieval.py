@@ -145,7 +145,7 @@ def test_pixels_outside_the_lower_face_equal_the_template(short_template: tuple)
         chunk = frames[start : start + 16]
         out, missing = _render_chunk(chunk, start, ctx.template_indices, avatar, renderer)
         assert missing == 0
-        for k, (before, after) in enumerate(zip(chunk, out)):
+        for k, (before, after) in enumerate(zip(chunk, (o.packed() for o in out))):
             lm = avatar.landmarks[ctx.template_indices[start + k]]
             h, w = avatar.height, avatar.width
             # The lower-face region with room for a lowered chin and the feathered edge.
@@ -231,7 +231,8 @@ def test_torch_kernels_render_what_the_opencv_path_renders(short_template: tuple
         assert renderer.use_torch == bool(options)
         out: list[np.ndarray] = []
         for start in range(0, n_out, 16):
-            out += _render_chunk(frames[start:start + 16], start, ctx.template_indices, avatar, renderer)[0]
+            out += [o.packed() for o in _render_chunk(frames[start:start + 16], start, ctx.template_indices, avatar,
+                                                      renderer)[0]]
         outputs.append(out)
     changed = 0
     for before, a, b in zip(frames, *outputs):

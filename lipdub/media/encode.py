@@ -13,6 +13,7 @@ import av
 import numpy as np
 
 from lipdub.errors import InputError, LipdubError
+from lipdub.media.frames import OutputFrame
 from lipdub.media.probe import MediaInfo
 
 log = logging.getLogger(__name__)
@@ -127,8 +128,15 @@ class VideoWriter:
             for packet in self.audio.encode(frame):
                 self.container.mux(packet)
 
-    def write(self, frame: np.ndarray) -> None:
-        vf = av.VideoFrame.from_ndarray(frame, format="yuv420p")
+    def write(self, frame: np.ndarray | OutputFrame) -> None:
+        """Encode one packed I420 frame, or a template frame with overlays (blended into the encoder's copy)."""
+        if isinstance(frame, OutputFrame):
+            vf = av.VideoFrame.from_ndarray(frame.frame, format="yuv420p")
+            if frame.overlays:
+                frame.blend_into(tuple(  # type: ignore[arg-type]
+                    np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width] for p in vf.planes))
+        else:
+            vf = av.VideoFrame.from_ndarray(frame, format="yuv420p")
         vf.pts = self.frames_written
         vf.time_base = self.video.codec_context.time_base
         for packet in self.video.encode(vf):

@@ -3,6 +3,8 @@ what the decoder gives and the encoder takes, so full frames are never converted
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import cv2
 import numpy as np
 
@@ -83,23 +85,62 @@ def to_rgb(frame: np.ndarray, max_side: int | None = None) -> tuple[np.ndarray, 
     return rgb, 1.0
 
 
+Planes = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+@dataclass
+class Overlay:
+    """A crop to blend into a frame: BGR (h, w, 3), or packed I420 (h * 3 / 2, w) with ``i420``."""
+
+    box: tuple[int, int, int, int]  # (x0, y0, x1, y1) in the frame, even-aligned; (h, w) of ``alpha``
+    crop: np.ndarray
+    alpha: np.ndarray  # float32 (h, w) in [0, 1]
+    i420: bool = False
+
+    def blend_into(self, dst: Planes) -> None:
+        """Blend into a frame's Y, U and V planes, in place."""
+        if self.i420:
+            y, u, v = planes(self.crop)
+            _blend(dst, self.box, self.alpha, lambda r0, r1, c0, c1: (
+                y[r0:r1, c0:c1], u[r0 // 2 : r1 // 2, c0 // 2 : c1 // 2], v[r0 // 2 : r1 // 2, c0 // 2 : c1 // 2]))
+        else:
+            bgr = self.crop
+            _blend(dst, self.box, self.alpha,
+                   lambda r0, r1, c0, c1: cv2.cvtColor(bgr[r0:r1, c0:c1], cv2.COLOR_BGR2YUV_I420))
+
+
+@dataclass
+class OutputFrame:
+    """An output frame as a template frame plus overlays, blended where the frame is copied anyway
+    (into the encoder's own frame buffer): the template frame, which may be shared, is never copied
+    for it, and never changed."""
+
+    frame: np.ndarray  # packed I420, read only
+    overlays: list[Overlay] = field(default_factory=list)
+
+    def blend_into(self, dst: Planes) -> None:
+        for o in self.overlays:
+            o.blend_into(dst)
+
+    def packed(self) -> np.ndarray:
+        """The finished frame as a packed I420 array (the template frame itself when nothing changes it)."""
+        if not self.overlays:
+            return self.frame
+        out = self.frame.copy()
+        self.blend_into(planes(out))
+        return out
+
+
 def blend_bgr(frame: np.ndarray, box: tuple[int, int, int, int], bgr: np.ndarray, alpha: np.ndarray) -> None:
     """Blend a BGR crop into an I420 frame in place, in YUV, where ``alpha`` > 0.
 
     ``box`` (x0, y0, x1, y1, even-aligned) is where ``bgr`` and ``alpha`` lie in the frame. Pixels
     whose alpha is 0 keep the template's exact values (no round trip through RGB).
     """
-    _blend(frame, box, alpha, lambda r0, r1, c0, c1: cv2.cvtColor(bgr[r0:r1, c0:c1], cv2.COLOR_BGR2YUV_I420))
+    Overlay(box, bgr, alpha).blend_into(planes(frame))
 
 
-def blend_i420(frame: np.ndarray, box: tuple[int, int, int, int], i420: np.ndarray, alpha: np.ndarray) -> None:
-    """:func:`blend_bgr` for a crop that is already packed I420 (``alpha``'s size, even)."""
-    y, u, v = planes(i420)
-    _blend(frame, box, alpha, lambda r0, r1, c0, c1: (
-        y[r0:r1, c0:c1], u[r0 // 2 : r1 // 2, c0 // 2 : c1 // 2], v[r0 // 2 : r1 // 2, c0 // 2 : c1 // 2]))
-
-
-def _blend(frame: np.ndarray, box: tuple[int, int, int, int], alpha: np.ndarray, part) -> None:
+def _blend(dst: Planes, box: tuple[int, int, int, int], alpha: np.ndarray, part) -> None:
     # part(r0, r1, c0, c1): the crop's rows r0:r1 and columns c0:c1 (even) as I420 planes, or packed.
     x0, y0 = box[0], box[1]
     # Only the (even-aligned) bounding box of alpha > 0 is converted and mixed: masks are mostly 0.
@@ -113,7 +154,7 @@ def _blend(frame: np.ndarray, box: tuple[int, int, int, int], alpha: np.ndarray,
     a = np.ascontiguousarray(alpha[r0:r1, c0:c1], dtype=np.float32)
     new = part(r0, r1, c0, c1)
     ny, nu, nv = planes(new) if isinstance(new, np.ndarray) else new
-    fy, fu, fv = planes(frame)
+    fy, fu, fv = dst
     x0, y0 = x0 + c0, y0 + r0
     x1, y1 = x0 + (c1 - c0), y0 + (r1 - r0)
     _mix(fy[y0:y1, x0:x1], ny, a)
