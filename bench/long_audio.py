@@ -1,5 +1,5 @@
 """Full-length benchmark: N minutes of real speech (../shared/media/en_speech_60s.wav tiled) through
-``lipdub.audio.analyse`` with pocketsphinx, reporting the real-time factor, the peak RSS growth of
+``lipdub.audio.analyse`` (the fusion stage) with pocketsphinx, reporting the real-time factor, the peak RSS growth of
 this process and the peak RSS of the largest phone-recognition worker process.
 
     python bench/long_audio.py [--minutes 30]

@@ -17,7 +17,7 @@ from lipdub.media.audio import AudioClip, load_audio
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 RADIO_TEXT = ("holidays are a time of celebrating with loved ones enjoying the festivities and melinda was back "
               "to school but for many this year has been")
-AN = importlib.import_module("lipdub.audio.analyse")  # the module (lipdub.audio.analyse is the function)
+AN = importlib.import_module("lipdub.audio.fusion")
 
 
 def media(name: str) -> Path:
@@ -190,6 +190,17 @@ def test_phone_workers_give_the_same_phones_in_order(speech_25s: AudioClip) -> N
     serial = [ph.recognise(x, speech_25s.sample_rate, off, lw) for x, off, lw in jobs]
     assert parallel == serial
     assert all(p.start >= off - 1e-9 for seq, (_, off, _) in zip(parallel, jobs, strict=True) for p in seq)
+
+
+def test_one_word_dictionary_decodes_the_same_phones_as_cmudict(speech_25s: AudioClip,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from lipdub.audio import phones as ph
+
+    x, off = _chunks(speech_25s)[0]
+    small = [ph.recognise(x, speech_25s.sample_rate, off, lw) for lw in ph.ALLPHONE_LWS]
+    monkeypatch.setattr(ph, "ALLPHONE_DICT", ph._model_paths()[1])
+    full = [ph.recognise(x, speech_25s.sample_rate, off, lw) for lw in ph.ALLPHONE_LWS]
+    assert small == full and len(small[0]) > 20
 
 
 def test_phone_worker_crash_falls_back_to_this_process(speech_25s: AudioClip,

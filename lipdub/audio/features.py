@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.signal import lfilter
 
 HOP_S = 0.010  # shared by every stage: VAD, phones (pocketsphinx uses 100 frames/s) and features
 WIN_S = 0.025
@@ -80,7 +79,7 @@ def _formants(frames: np.ndarray, sr: int, ok: np.ndarray) -> tuple[np.ndarray, 
         kernel = np.hanning(2 * step + 1)
         kernel /= kernel.sum()
         fr = np.apply_along_axis(lambda v: np.convolve(v, kernel, mode="same"), 1, fr)[:, ::step]
-    fr = lfilter([1.0, -0.63], [1.0], fr, axis=1)  # pre-emphasis from 50 Hz (Praat default)
+    fr = np.concatenate([fr[:, :1], fr[:, 1:] - 0.63 * fr[:, :-1]], axis=1)  # pre-emphasis from 50 Hz (Praat default)
     fr *= np.hamming(fr.shape[1])[None, :]
     order = 8
     spec = np.fft.rfft(fr, 2 * fr.shape[1], axis=1)

@@ -69,7 +69,7 @@ def plot_track(path: Path, clip, analysis, track) -> None:  # noqa: ANN001 - int
 def run(audio: Path, fps: float, text: str | None = None, json_out: Path | None = None,
         plot: Path | None = None) -> None:
     """The command's work, callable in-process (bench/score_audio.py uses it)."""
-    from lipdub.audio.analyse import analyse_detailed, track_from_curves
+    from lipdub.audio.fusion import analyse_detailed, track_from_curves
     from lipdub.media.audio import load_audio
 
     audio, json_out, plot = Path(audio), json_out and Path(json_out), plot and Path(plot)
