@@ -5,9 +5,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from lipdub.face.landmarks import JAW, NOSE_BASE, inter_ocular
+from lipdub.face.landmarks import JAW
 from lipdub.media.frames import planes
-from lipdub.render.masks import feather, lower_face_polygon, polygon_distance
+from lipdub.render.masks import LowerFace, feather, lower_face, polygon_distance
 
 FEATHER = 0.20  # x inter-ocular distance
 # The mask reaches this far past the chin (x iod), so both chins lie where alpha is 1: no ghost chin.
@@ -22,18 +22,18 @@ REACH = 0.45
 HALF_RES_FEATHER = 16.0
 
 
-def composite_polygon(lm: np.ndarray) -> np.ndarray:
-    """The lower-face polygon with a margin past the jaw that is widest at the chin."""
-    poly = lower_face_polygon(lm, chin_margin=0.0)
-    n = len(JAW)
-    iod = float(inter_ocular(lm))
-    centre = lm[NOSE_BASE].mean(0)
-    out = poly[:n] - centre
-    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
+def composite_margins(n: int) -> np.ndarray:
+    """Margins past the jaw (x iod) for its ``n`` points: widest at the chin, SIDE_MARGIN at the ears."""
     k = np.abs(np.arange(n) - (n - 1) / 2) / ((n - 1) / 2)  # 0 at the chin, 1 at the ears
-    margin = SIDE_MARGIN + (CHIN_MARGIN - SIDE_MARGIN) * (1 - k) ** 1.5
-    poly[:n] += out * (margin * iod)[:, None]
-    return poly
+    return (SIDE_MARGIN + (CHIN_MARGIN - SIDE_MARGIN) * (1 - k) ** 1.5).astype(np.float32)
+
+
+_MARGINS = composite_margins(len(JAW))
+
+
+def composite_polygon(lm: np.ndarray | LowerFace) -> np.ndarray:
+    """The lower-face polygon with a margin past the jaw that is widest at the chin."""
+    return (lm if isinstance(lm, LowerFace) else lower_face(lm)).polygon(_MARGINS)
 
 
 def composite_alpha(lm_template: np.ndarray, lm_source: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -48,14 +48,16 @@ def composite_alpha(lm_template: np.ndarray, lm_source: np.ndarray, shape: tuple
     return alpha
 
 
-def composite_alpha_box(lm_template: np.ndarray, lm_source: np.ndarray, shape: tuple[int, int],
-                        even: bool = True) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def composite_alpha_box(lm_template: np.ndarray | LowerFace, lm_source: np.ndarray | LowerFace,
+                        shape: tuple[int, int], even: bool = True) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """:func:`composite_alpha` over only its box (x0, y0, x1, y1) in ``shape``: (alpha of the box, box).
 
-    Alpha is 0 outside the box, which holds both polygons (even-aligned with ``even``, for I420).
+    Alpha is 0 outside the box, which holds both polygons (even-aligned with ``even``, for I420). Either
+    face may be given as its :class:`LowerFace`, when the caller has it already.
     """
-    iod = float(inter_ocular(lm_template))
-    polys = [composite_polygon(lm_template), composite_polygon(lm_source)]
+    face_t, face_s = (f if isinstance(f, LowerFace) else lower_face(f) for f in (lm_template, lm_source))
+    iod = face_t.iod
+    polys = [composite_polygon(face_t), composite_polygon(face_s)]
     h, w = shape
     pts = np.concatenate(polys)
     x0, y0 = np.clip(np.floor(pts.min(0)).astype(int) - 1, 0, [w, h])
@@ -74,7 +76,7 @@ def composite_alpha_box(lm_template: np.ndarray, lm_source: np.ndarray, shape: t
     off = np.array([x0, y0], np.float32)
     # Smoothstep is monotone, so the union of the two feathered masks is the feather of the larger
     # distance: one ramp instead of two.
-    reach = lower_face_polygon(lm_template, chin_margin=REACH)
+    reach = face_t.polygon(REACH)
     d_frame, d_source, d_reach = (polygon_distance((p - off + 0.5) * scale - 0.5, shape)
                                   for p in (*polys, reach))
     # The source's outline counts only inside the reach, which fades out over half the feather.

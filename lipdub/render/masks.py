@@ -2,29 +2,50 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
 from lipdub.face.landmarks import CHEEKS, JAW, NOSE_BASE, inter_ocular
 
 
-def lower_face_polygon(landmarks: np.ndarray, chin_margin: float = 0.12) -> np.ndarray:
-    """Region that moves when speaking: from below the nose, across the cheeks, down the jaw line.
+@dataclass
+class LowerFace:
+    """A face's lower-face outline, to be pushed past the jaw by any margin: several polygons of one
+    face (the mask, its reach, the warp's region) share this work."""
 
-    The chin and jaw line are pushed outwards by ``chin_margin`` x inter-ocular distance so a
-    lowered jaw stays inside.
-    """
+    jaw: np.ndarray  # (n, 2) float32: the jaw line
+    out: np.ndarray  # (n, 2) float32: unit directions from the nose base through each jaw point
+    top: np.ndarray  # (5, 2) float32: cheeks and nose base
+    iod: float
+
+    def polygon(self, margin: float | np.ndarray) -> np.ndarray:
+        """The outline with the jaw pushed out by ``margin`` x iod (a number, or one per jaw point)."""
+        m = np.asarray(margin, np.float32) * np.float32(self.iod)
+        jaw = self.jaw + self.out * (m[:, None] if m.ndim else m)
+        return np.concatenate([jaw, self.top]).astype(np.float32)
+
+
+def lower_face(landmarks: np.ndarray) -> LowerFace:
+    """Region that moves when speaking: from below the nose, across the cheeks, down the jaw line."""
     lm = landmarks.astype(np.float32)
     iod = float(inter_ocular(lm))
     centre = lm[NOSE_BASE].mean(0)
     jaw = lm[JAW]
     out = jaw - centre
     out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
-    jaw = jaw + out * chin_margin * iod
     top = lm[[CHEEKS[1], NOSE_BASE[2], NOSE_BASE[1], NOSE_BASE[0], CHEEKS[0]]]
     # Lift the nose base slightly so the mask edge sits in the groove under the nose, not on the lip.
-    top = top + (centre - lm[JAW].mean(0)) / max(np.linalg.norm(centre - lm[JAW].mean(0)), 1e-6) * 0.05 * iod
-    return np.concatenate([jaw, top]).astype(np.float32)
+    up = centre - jaw.mean(0)
+    top = top + up / max(float(np.linalg.norm(up)), 1e-6) * 0.05 * iod
+    return LowerFace(jaw, out, top.astype(np.float32), iod)
+
+
+def lower_face_polygon(landmarks: np.ndarray, chin_margin: float = 0.12) -> np.ndarray:
+    """:func:`lower_face`'s outline with the chin and jaw line pushed outwards by ``chin_margin`` x
+    inter-ocular distance, so a lowered jaw stays inside."""
+    return lower_face(landmarks).polygon(chin_margin)
 
 
 def polygon_alpha(polygon: np.ndarray, shape: tuple[int, int], feather_px: float) -> np.ndarray:

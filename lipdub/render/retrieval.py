@@ -33,11 +33,17 @@ from lipdub.face.landmarks import (
 from lipdub.media.frames import pack, planes
 from lipdub.render.bank import STABLE, MouthBank, mouth_bank, pose_descriptor
 from lipdub.render.base import FrameTask, RenderContext, RenderedCrop, Renderer
-from lipdub.render.blend import colour_ring, composite_alpha_box, match_colour_i420
+from lipdub.render.blend import REACH, colour_ring, composite_alpha_box, match_colour_i420
 from lipdub.render.kernels import WarpJob, warp_and_match
-from lipdub.render.masks import lower_face_polygon
+from lipdub.render.masks import lower_face, lower_face_polygon
 from lipdub.render.select import Costs, Targets, candidates, map_targets, viterbi
-from lipdub.render.warp import WarpRenderer, draw_mouth_interior, piecewise_affine_map, warp_piecewise_affine
+from lipdub.render.warp import (
+    WarpRenderer,
+    draw_mouth_interior,
+    piecewise_affine_map,
+    piecewise_affine_map_i420,
+    warp_piecewise_affine,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +114,7 @@ class _Plan:
     task: FrameTask
     box: tuple[int, int, int, int]  # the mask's box in crop coordinates (even)
     pull: np.ndarray  # (h, w, 2) float32: source coordinates of every pixel of the mask's box
+    pull_c: np.ndarray | None  # (h/2, w/2, 2) float32: ``pull`` at the chroma samples' centres, if known
     sharp: tuple[int, int, int, int]  # part of the box resampled bicubic (the lips)
     alpha: np.ndarray  # (h, w) float32 mask over the box
     local: np.ndarray  # the frame's landmarks in box coordinates
@@ -174,7 +181,8 @@ class RetrievalRenderer(Renderer):
     def _patch_i420(self, p: _Plan) -> np.ndarray:
         assert self.bank is not None
         src = self.bank.images.i420(p.entry)
-        return match_colour_i420(remap_i420(src, p.pull, p.sharp), p.task.region_i420(p.box), p.alpha, p.local)
+        patch = remap_i420(src, p.pull, p.sharp, p.pull_c)
+        return match_colour_i420(patch, p.task.region_i420(p.box), p.alpha, p.local)
 
     @property
     def use_torch(self) -> bool:
@@ -212,15 +220,18 @@ class RetrievalRenderer(Renderer):
         lm_a = apply(m, lm_s)  # the source face in crop coordinates
         # Everything below works on the mask's box only (a fraction of a 1080p face crop), and the
         # result covers just that box: the pipeline converts and blends no more than it.
-        alpha, (x0, y0, x1, y1) = composite_alpha_box(lm_t, lm_a, task.shape)
+        face_t = lower_face(lm_t)
+        alpha, (x0, y0, x1, y1) = composite_alpha_box(face_t, lm_a, task.shape)
         if x1 <= x0 or y1 <= y0 or not alpha.any():
             return RenderedCrop.untouched()
         # The mask outline (cheeks, nose base, upper jaw) goes where the template frame has it; the
         # lips keep the source's shape on the frame's own jaw line (fitted_shape).
         dst = fitted_shape(lm_t, lm_a)
         inv = cv2.invertAffineTransform(m)  # crop -> source image coordinates, folded into the maps
-        pull = piecewise_affine_map(lm_a, dst, lower_face_polygon(lm_t, chin_margin=0.45), (x0, y0, x1, y1),
-                                    _OUTLINE + _SHAPE, post=inv)
+        # Over the region the mask can reach; on the CPU with its values at the chroma samples too.
+        mapping = piecewise_affine_map if self.use_torch else piecewise_affine_map_i420
+        maps = mapping(lm_a, dst, face_t.polygon(REACH), (x0, y0, x1, y1), _OUTLINE + _SHAPE, post=inv)
+        pull, pull_c = maps if isinstance(maps, tuple) else (maps, None)
         if pull is None:  # too few points to triangulate: the similarity alone
             gx, gy = np.meshgrid(np.arange(x0, x1, dtype=np.float32), np.arange(y0, y1, dtype=np.float32))
             pull = cv2.transform(np.dstack([gx, gy]), inv.astype(np.float32))
@@ -229,7 +240,7 @@ class RetrievalRenderer(Renderer):
         lips = dst[LIPS_OUTER_UPPER + LIPS_OUTER_LOWER] - np.float32([x0, y0])
         (mx0, my0), (mx1, my1) = lips.min(0) - SHARP_MARGIN * iod, lips.max(0) + SHARP_MARGIN * iod
         sharp = (int(mx0), int(my0), int(np.ceil(mx1)), int(np.ceil(my1)))
-        return _Plan(j, task, (x0, y0, x1, y1), pull, sharp, alpha, lm_t - np.float32([x0, y0]),
+        return _Plan(j, task, (x0, y0, x1, y1), pull, pull_c, sharp, alpha, lm_t - np.float32([x0, y0]),
                      dst - np.float32([x0, y0]), (x0, y0), extra, iod)
 
     def _finish(self, plan: _Plan, patch: np.ndarray, i420: bool) -> RenderedCrop:
@@ -263,17 +274,18 @@ def remap_sharp(src: np.ndarray, pull: np.ndarray, sharp: tuple[int, int, int, i
     return out
 
 
-def remap_i420(src: np.ndarray, pull: np.ndarray, sharp: tuple[int, int, int, int]) -> np.ndarray:
+def remap_i420(src: np.ndarray, pull: np.ndarray, sharp: tuple[int, int, int, int],
+               pull_c: np.ndarray | None = None) -> np.ndarray:
     """:func:`remap_sharp` of a packed I420 image into a packed I420 result of ``pull``'s (even) size.
 
     Luma goes through ``pull`` as it is; chroma through ``pull`` sampled at the chroma samples'
-    centres (luma pixels 2j + 0.5, which a 2:1 bilinear resize gives exactly, the map being affine
-    there) and scaled to chroma coordinates.
+    centres (luma pixels 2j + 0.5: ``pull_c``, or else a 2:1 bilinear resize of ``pull``, exact where
+    the map is affine), scaled to chroma coordinates.
     """
     sy, su, sv = planes(src)
     y = remap_sharp(sy, pull, sharp)
     h, w = pull.shape[:2]
-    half = cv2.resize(pull, (w // 2, h // 2), interpolation=cv2.INTER_LINEAR)
+    half = cv2.resize(pull, (w // 2, h // 2), interpolation=cv2.INTER_LINEAR) if pull_c is None else pull_c.copy()
     half -= 0.5
     half *= 0.5
     m1, m2 = cv2.convertMaps(half, None, cv2.CV_16SC2)
