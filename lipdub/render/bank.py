@@ -106,13 +106,16 @@ class MouthBank:
 
 
 def pose_descriptor(lm: np.ndarray, ref_iod: float) -> np.ndarray:
-    """Head roll (radians), yaw and pitch proxies (nose tip offset from the eye midpoint, in iod) and scale."""
+    """Head roll (radians), yaw and pitch proxies (nose tip offset from the eye midpoint, in iod) and scale:
+    (4,) for one face's landmarks, (n, 4) for n faces' at once."""
     le, re = eye_centres(lm)
-    iod = float(np.linalg.norm(re - le))
-    ex = (re - le) / max(iod, 1e-6)
-    ey = np.array([-ex[1], ex[0]])
-    d = (lm[NOSE_TIP] - (le + re) / 2) / max(iod, 1e-6)
-    return np.array([np.arctan2(ex[1], ex[0]), d @ ex, d @ ey, iod / max(ref_iod, 1e-6)], np.float32)
+    iod = np.linalg.norm(re - le, axis=-1)
+    safe = np.maximum(iod, 1e-6)[..., None]
+    ex = (re - le) / safe
+    ey = np.stack([-ex[..., 1], ex[..., 0]], -1)
+    d = (lm[..., NOSE_TIP, :] - (le + re) / 2) / safe
+    return np.stack([np.arctan2(ex[..., 1], ex[..., 0]), (d * ex).sum(-1), (d * ey).sum(-1),
+                     iod / max(ref_iod, 1e-6)], -1).astype(np.float32)
 
 
 def shape_descriptors(lm: np.ndarray) -> tuple[float, float, float]:

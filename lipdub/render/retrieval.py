@@ -159,8 +159,11 @@ class RetrievalRenderer(Renderer):
         av = ctx.avatar
         base = np.minimum(ctx.template_indices, av.n_frames - 1)
         ref_iod = float(np.median(inter_ocular(av.landmarks[av.found])))
-        poses = {int(i): pose_descriptor(av.landmarks[i], ref_iod) for i in np.unique(base) if av.found[i]}
-        base_pose = np.stack([poses.get(int(i), np.zeros(4, np.float32)) for i in base])
+        used = np.unique(base)
+        pose = np.zeros((av.n_frames, 4), np.float32)  # frames without a face: never pasted on anyway
+        used = used[av.found[used]]
+        pose[used] = pose_descriptor(av.landmarks[used], ref_iod)
+        base_pose = pose[base]
         cand, cost = candidates(targets, bank, base, base_pose, c)
         return viterbi(cand, cost, bank, targets.speech, c), targets
 

@@ -81,15 +81,17 @@ def unary_costs(t: Targets, bank, base_frames: np.ndarray, base_pose: np.ndarray
     return u.astype(np.float32)
 
 
-def transition_costs(bank, prev: np.ndarray, cur: np.ndarray, silent: bool, c: Costs) -> np.ndarray:
-    """(len(prev), len(cur)) cost of going from bank entry ``prev[a]`` to ``cur[b]``."""
-    d = bank.frames[cur][None, :] - bank.frames[prev][:, None]
-    pose = np.sqrt(((bank.pose[cur][None, :, :3] - bank.pose[prev][:, None, :3]) ** 2).sum(-1))
-    light = np.abs(bank.light[cur][None, :] - bank.light[prev][:, None]).sum(-1)
-    teeth = np.abs(bank.teeth[cur][None, :] - bank.teeth[prev][:, None])
+def transition_costs(bank, prev: np.ndarray, cur: np.ndarray, silent: bool | np.ndarray, c: Costs) -> np.ndarray:
+    """(..., len(prev), len(cur)) cost of going from bank entry ``prev[..., a]`` to ``cur[..., b]``: one
+    step, or a block of steps at once (leading dimensions, with ``silent`` per step)."""
+    d = bank.frames[cur][..., None, :] - bank.frames[prev][..., :, None]
+    pose = np.sqrt(((bank.pose[cur][..., None, :, :3] - bank.pose[prev][..., :, None, :3]) ** 2).sum(-1))
+    light = np.abs(bank.light[cur][..., None, :, :] - bank.light[prev][..., :, None, :]).sum(-1)
+    teeth = np.abs(bank.teeth[cur][..., None, :] - bank.teeth[prev][..., :, None])
     far = c.jump + c.pose_weight * pose + c.light_weight * light + c.teeth_weight * teeth
     cost = np.where((d == -1) | (d == 2) | (d == 3), c.near, far)
-    cost = np.where(d == 0, c.hold_silent if silent else c.hold, cost)
+    hold = np.where(np.asarray(silent)[..., None, None], c.hold_silent, c.hold)
+    cost = np.where(d == 0, hold, cost)
     return np.where(d == 1, 0.0, cost).astype(np.float32)
 
 
@@ -114,17 +116,24 @@ def candidates(t: Targets, bank, base_frames: np.ndarray, base_pose: np.ndarray,
     return cand, cost
 
 
-def viterbi(cand: np.ndarray, cost: np.ndarray, bank, speech: np.ndarray, c: Costs) -> np.ndarray:
+def viterbi(cand: np.ndarray, cost: np.ndarray, bank, speech: np.ndarray, c: Costs, block: int = 256) -> np.ndarray:
     """The bank entry for every output frame, among its candidates (from :func:`candidates`),
-    minimising match cost plus transition cost."""
+    minimising match cost plus transition cost.
+
+    Transition costs are computed for ``block`` steps at a time (vectorised, O(block x K x K) memory);
+    only the recursion itself steps frame by frame.
+    """
     n_t, k = cand.shape
     score = cost[0].astype(np.float64)
     back = np.zeros((n_t, k), np.int32)
-    for t in range(1, n_t):
-        trans = transition_costs(bank, cand[t - 1], cand[t], not bool(speech[t]), c)
-        total = score[:, None] + trans
-        back[t] = np.argmin(total, 0)
-        score = total[back[t], np.arange(k)] + cost[t]
+    cols = np.arange(k)
+    for a in range(1, n_t, block):
+        b = min(a + block, n_t)
+        trans = transition_costs(bank, cand[a - 1 : b - 1], cand[a:b], ~speech[a:b].astype(bool), c)
+        for t in range(a, b):
+            total = score[:, None] + trans[t - a]
+            back[t] = np.argmin(total, 0)
+            score = total[back[t], cols] + cost[t]
     path = np.zeros(n_t, np.int64)
     a = int(np.argmin(score))
     for t in range(n_t - 1, -1, -1):
