@@ -5,6 +5,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 import numpy as np
+import pytest
 from conftest import media, needs_media
 
 from lipdub.face.analyse import analyse_template
@@ -27,6 +28,17 @@ def test_tracked_landmarks_agree_with_whole_frame_detection(tmp_path) -> None:
             ref = mesh.detect(to_rgb(frames[k][1])[0])[0]
             err = np.linalg.norm(avatar.landmarks[k] - ref, axis=1).mean()
             assert err < 0.06 * float(inter_ocular(ref)), f"frame {k}: {err:.1f} px off"
+
+
+@pytest.mark.parametrize("name", ["blue_talk_700.mp4", "suit_talk_700_vfr.mp4"])
+def test_no_jump_when_the_tracking_window_is_first_set(tmp_path, name: str) -> None:
+    """Frames 1-3 are where the window that follows the face is set up: the tracker must not answer
+    from where the face sat in the whole frame (the chin once jumped 0.2 eye distances there)."""
+    info = probe(media(name))
+    lm = analyse_template(info, info.fps, tmp_path).landmarks[:12]
+    iod = float(np.median(inter_ocular(lm)))
+    chin_below_nose = (lm[:, 152, 1] - lm[:, 4, 1]) / iod
+    assert np.abs(np.diff(chin_below_nose)).max() < 0.06
 
 
 def test_avatar_cache_is_reused(tmp_path) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 from lipdub.errors import NoFaceError
 from lipdub.face.avatar import ANALYSIS_VERSION, Avatar, content_hash, default_cache_root
 from lipdub.face.landmarks import N_POINTS, FaceMesh
-from lipdub.face.tracking import choose_main_face, smooth_landmarks
+from lipdub.face.tracking import choose_main_face, same_face, smooth_landmarks
 from lipdub.media.decode import VideoDecoder, load_image, output_size
 from lipdub.media.frames import crop_rgb, to_rgb
 from lipdub.media.probe import MediaInfo
@@ -85,9 +85,12 @@ def _analyse_video(info: MediaInfo, fps: Fraction, progress: Callable[[float], N
     rows: list[np.ndarray] = []
     previous: np.ndarray | None = None
     expected = max(1, info.frames_estimate)
-    with FaceMesh(track=True) as mesh:
+    # Two meshes: one that tracks the main face alone in its window (mediapipe runs its face detector
+    # on every frame while it tracks fewer faces than it may, which is a quarter of the cost), and one
+    # that looks for every face in a whole frame, to choose the main one when it is lost.
+    with FaceMesh(track=True, max_faces=1) as tracker, FaceMesh(track=False) as searcher:
         for k, frame in decoder.frames():
-            main = window.find(mesh, frame, previous)
+            main = window.find(tracker, searcher, frame, previous)
             previous = main
             rows.append(np.full((N_POINTS, 2), np.nan, np.float32) if main is None else main.astype(np.float32))
             if frame_sink is not None:
@@ -111,21 +114,31 @@ class _FaceWindow:
         self.width, self.height = width, height
         self.box: tuple[int, int, int, int] | None = None
 
-    def find(self, mesh: FaceMesh, frame: np.ndarray, previous: np.ndarray | None) -> np.ndarray | None:
+    def find(self, tracker: FaceMesh, searcher: FaceMesh, frame: np.ndarray,
+             previous: np.ndarray | None) -> np.ndarray | None:
+        """The main face in ``frame``: tracked in the window (``tracker``, one face), or searched for in
+        the whole frame (``searcher``, every face) when there is no window or the face left it."""
+        box = self.box
         if previous is not None:
             self._follow(previous)
         else:
             self.box = None
-        if self.box is not None:
+        if self.box is not None and previous is not None:
             x0, y0, x1, y1 = self.box
             rgb, (sx, sy) = crop_rgb(frame, self.box, WINDOW_MAX_SIDE)
             scale = np.array([sx, sy], np.float32)
-            main = choose_main_face(mesh.detect(rgb), (rgb.shape[1], rgb.shape[0]), (previous - [x0, y0]) * scale)
-            if main is not None:
-                return main / scale + np.array([x0, y0], np.float32)
+            faces = tracker.detect(rgb)
+            if self.box != box:
+                # The tracker follows the face in window coordinates: after the window moved, its first
+                # answer comes from where the face was in the old window. The second starts from that.
+                faces = tracker.detect(rgb)
+            if faces:
+                main = faces[0] / scale + np.array([x0, y0], np.float32)
+                if same_face(main, previous):  # tracking may have jumped to a neighbour's face
+                    return main
             self.box = None
         rgb, s = to_rgb(frame, ANALYSIS_MAX_SIDE)
-        main = choose_main_face(mesh.detect(rgb), (rgb.shape[1], rgb.shape[0]), None)
+        main = choose_main_face(searcher.detect(rgb), (rgb.shape[1], rgb.shape[0]), None)
         return None if main is None else main / s
 
     def _follow(self, lm: np.ndarray) -> None:

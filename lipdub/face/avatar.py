@@ -14,7 +14,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 # Bump when the analysis changes, so old caches are not reused.
-ANALYSIS_VERSION = 3  # 2: zero-phase landmark smoothing; 3: mesh window shrunk to 640 px
+ANALYSIS_VERSION = 4  # 2: zero-phase landmark smoothing; 3: mesh window shrunk to 640 px; 4: one-face tracker
 
 
 @dataclass

@@ -23,6 +23,12 @@ SPEECH_POINTS = sorted(set(JAW + LIPS_INNER_LOWER + LIPS_INNER_UPPER + LIPS_OUTE
 SPEECH_FILTER = {"min_cutoff": 6.0, "beta": 1.0}
 
 
+def same_face(face: np.ndarray, previous: np.ndarray) -> bool:
+    """Whether ``face`` is where ``previous`` (the last frame's main face) was: within 1.5 eye distances."""
+    scale = max(float(inter_ocular(previous)), 1.0)
+    return bool(np.linalg.norm(face.mean(0) - previous.mean(0)) < 1.5 * scale)
+
+
 def choose_main_face(faces: list[np.ndarray], frame_size: tuple[int, int],
                      previous: np.ndarray | None) -> np.ndarray | None:
     """The face to animate: the one nearest the previous main face, else the largest and most central."""
@@ -30,9 +36,8 @@ def choose_main_face(faces: list[np.ndarray], frame_size: tuple[int, int],
         return None
     if previous is not None:
         prev_c = previous.mean(0)
-        scale = max(float(inter_ocular(previous)), 1.0)
         best = min(faces, key=lambda f: float(np.linalg.norm(f.mean(0) - prev_c)))
-        if np.linalg.norm(best.mean(0) - prev_c) < 1.5 * scale:
+        if same_face(best, previous):
             return best
     w, h = frame_size
     centre = np.array([w / 2, h / 2])
