@@ -47,6 +47,7 @@ PIECES = [
     ("lipdub.render.retrieval", "composite_alpha_box"),
     ("lipdub.render.retrieval", "piecewise_affine_maps"),
     ("lipdub.render.retrieval", "piecewise_affine_map"),
+    ("lipdub.render.retrieval", "piecewise_affine_map_i420"),
     ("lipdub.render.retrieval", "match_colour"),
     ("lipdub.render.retrieval", "match_colour_i420"),
     ("lipdub.render.retrieval", "remap_i420"),

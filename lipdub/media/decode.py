@@ -200,7 +200,8 @@ class TemplateFrames:
             if not chunk:
                 raise InputError(f"Could not re-read frames {begin}-{end} of {self.info.path.name}.")
             chunk += [chunk[-1]] * (end + 1 - begin - len(chunk))
-            yield from reversed(chunk)
+            while chunk:  # newest first, each let go once handed on: not two chunks alive at a time
+                yield chunk.pop()
 
 
 def count_frames(duration: float, fps: Fraction) -> int:
