@@ -104,9 +104,9 @@ def generate(audio: str | os.PathLike, face: str | os.PathLike, out: str | os.Pa
     # leave a core partly idle, and neither needs the other's result.
     pool = ThreadPoolExecutor(1, thread_name_prefix="lipdub-audio")
     try:
-        speech = pool.submit(lambda: analyse_audio(clip, float(out_fps), n_out, text=text).fit_length(n_out))
+        speech = pool.submit(analyse_audio, clip, float(out_fps), n_out, text=text)
         avatar = _analyse_face(f_info, out_fps, engine, cache_dir, report)
-        mouth = speech.result()
+        mouth = speech.result().fit_length(n_out)
     finally:
         pool.shutdown(wait=False)  # on an error, do not wait for the speech analysis to finish
     _check_cancel(cancel)
@@ -118,6 +118,9 @@ def generate(audio: str | os.PathLike, face: str | os.PathLike, out: str | os.Pa
     ctx = RenderContext(avatar=avatar, mouth=mouth, audio=clip, fps=float(out_fps), template_indices=indices,
                         options=options, template=f_info)
     renderer.prepare(ctx)
+    # Engines take what they need of the speech in prepare(); an hour of it is 230 MB not to hold.
+    ctx.audio = None
+    del clip
     log.info("Rendering %d frames at %.3g fps with the %s engine on %s.", n_out, float(out_fps), engine_name,
              dev.describe())
 

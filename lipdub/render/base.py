@@ -102,7 +102,7 @@ class RenderContext:
 
     avatar: Avatar
     mouth: MouthTrack  # one entry per output frame
-    audio: AudioClip  # 16 kHz mono speech
+    audio: AudioClip | None  # 16 kHz mono speech, for prepare() only: released before the frames are rendered
     fps: float
     template_indices: np.ndarray  # template frame index of every output frame
     options: dict = field(default_factory=dict)
@@ -128,7 +128,8 @@ class Renderer(ABC):
         return True
 
     def prepare(self, ctx: RenderContext) -> None:
-        """Called once before rendering; engines precompute plans and load weights here."""
+        """Called once before rendering; engines precompute plans and load weights here. ``ctx.audio``
+        is there for this call only: the pipeline lets go of it afterwards."""
         self.ctx = ctx
 
     @abstractmethod

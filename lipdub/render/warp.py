@@ -186,13 +186,7 @@ def piecewise_affine_map(src: np.ndarray, dst: np.ndarray, region: np.ndarray, b
     transform. The map is computed every _GRID pixels and interpolated: it is piecewise smooth.
     """
     coarse = _coarse_map(src, dst, region, box, points, post)
-    if coarse is None:
-        return None
-    x0, y0, x1, y1 = box
-    ny, nx = coarse.shape[:2]
-    # Bilinear upsampling (float weights, exact) is several times cheaper than a warpAffine of the grid.
-    full = cv2.resize(coarse, (nx * _GRID, ny * _GRID), interpolation=cv2.INTER_LINEAR)
-    return full[_GRID : _GRID + y1 - y0, _GRID : _GRID + x1 - x0]
+    return None if coarse is None else _upsample(coarse, box, 1)
 
 
 def piecewise_affine_map_i420(src: np.ndarray, dst: np.ndarray, region: np.ndarray, box: tuple[int, int, int, int],
@@ -201,16 +195,19 @@ def piecewise_affine_map_i420(src: np.ndarray, dst: np.ndarray, region: np.ndarr
     """:func:`piecewise_affine_map` (``box`` even) and the same map at the chroma samples of I420, whose
     centres sit at pixels (2j + 0.5, 2i + 0.5): both interpolated from one coarse grid."""
     coarse = _coarse_map(src, dst, region, box, points, post)
-    if coarse is None:
-        return None
+    return None if coarse is None else (_upsample(coarse, box, 1), _upsample(coarse, box, 2))
+
+
+def _upsample(coarse: np.ndarray, box: tuple[int, int, int, int], step: int) -> np.ndarray:
+    """The coarse map (see :func:`_coarse_map`) at every ``step``-th pixel of ``box``, at the centres of
+    ``step`` x ``step`` blocks (step 2: the chroma samples of I420). Resizing by _GRID / step puts
+    sample j at pixel x0 + step * (j - _GRID / step) + (step - 1) / 2; bilinear upsampling (float
+    weights, exact) is several times cheaper than a warpAffine of the grid."""
     x0, y0, x1, y1 = box
     ny, nx = coarse.shape[:2]
-    full = cv2.resize(coarse, (nx * _GRID, ny * _GRID), interpolation=cv2.INTER_LINEAR)
-    # Resizing by _GRID / 2 puts sample j of the result at pixel x0 + 2j - _GRID + 0.5 (see _coarse_map).
-    half = cv2.resize(coarse, (nx * _GRID // 2, ny * _GRID // 2), interpolation=cv2.INTER_LINEAR)
-    g = _GRID // 2
-    return (full[_GRID : _GRID + y1 - y0, _GRID : _GRID + x1 - x0],
-            half[g : g + (y1 - y0) // 2, g : g + (x1 - x0) // 2])
+    f = _GRID // step
+    big = cv2.resize(coarse, (nx * f, ny * f), interpolation=cv2.INTER_LINEAR)
+    return big[f : f + (y1 - y0) // step, f : f + (x1 - x0) // step]
 
 
 def _coarse_map(src: np.ndarray, dst: np.ndarray, region: np.ndarray, box: tuple[int, int, int, int],

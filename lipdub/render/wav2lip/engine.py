@@ -69,6 +69,8 @@ class Wav2LipRenderer(Renderer):
         from lipdub.render.wav2lip.checkpoint import load_wav2lip
 
         self.model = load_wav2lip(self.weights, self.device.torch)
+        if ctx.audio is None:
+            raise ValueError("the wav2lip engine needs the speech in its render context")
         samples = np.asarray(ctx.audio.samples, np.float32)
         if ctx.audio.sample_rate != SAMPLE_RATE:  # the mel recipe is defined at 16 kHz
             g = np.gcd(int(ctx.audio.sample_rate), SAMPLE_RATE)
