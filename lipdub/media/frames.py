@@ -106,7 +106,7 @@ class Overlay:
         else:
             bgr = self.crop
             _blend(dst, self.box, self.alpha,
-                   lambda r0, r1, c0, c1: cv2.cvtColor(bgr[r0:r1, c0:c1], cv2.COLOR_BGR2YUV_I420))
+                   lambda r0, r1, c0, c1: planes(cv2.cvtColor(bgr[r0:r1, c0:c1], cv2.COLOR_BGR2YUV_I420)))
 
 
 @dataclass
@@ -141,7 +141,8 @@ def blend_bgr(frame: np.ndarray, box: tuple[int, int, int, int], bgr: np.ndarray
 
 
 def _blend(dst: Planes, box: tuple[int, int, int, int], alpha: np.ndarray, part) -> None:
-    # part(r0, r1, c0, c1): the crop's rows r0:r1 and columns c0:c1 (even) as I420 planes, or packed.
+    # part(r0, r1, c0, c1): the crop's rows r0:r1 and columns c0:c1 (even) as I420 planes; only that part
+    # of a BGR crop is converted.
     x0, y0 = box[0], box[1]
     # Only the (even-aligned) bounding box of alpha > 0 is converted and mixed: masks are mostly 0.
     c0, r0, bw, bh = cv2.boundingRect((alpha > 0).view(np.uint8))
@@ -152,8 +153,7 @@ def _blend(dst: Planes, box: tuple[int, int, int, int], alpha: np.ndarray, part)
     if c1 <= c0 or r1 <= r0:
         return
     a = np.ascontiguousarray(alpha[r0:r1, c0:c1], dtype=np.float32)
-    new = part(r0, r1, c0, c1)
-    ny, nu, nv = planes(new) if isinstance(new, np.ndarray) else new
+    ny, nu, nv = part(r0, r1, c0, c1)
     fy, fu, fv = dst
     x0, y0 = x0 + c0, y0 + r0
     x1, y1 = x0 + (c1 - c0), y0 + (r1 - r0)
