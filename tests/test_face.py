@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+import av
 import numpy as np
 import pytest
 from conftest import media, needs_media
@@ -39,6 +40,37 @@ def test_no_jump_when_the_tracking_window_is_first_set(tmp_path, name: str) -> N
     iod = float(np.median(inter_ocular(lm)))
     chin_below_nose = (lm[:, 152, 1] - lm[:, 4, 1]) / iod
     assert np.abs(np.diff(chin_below_nose)).max() < 0.06
+
+
+def test_close_up_face_runs_the_mesh_once_per_frame(tmp_path, monkeypatch) -> None:
+    """A face that fills most of the frame's height (a typical close-up) sits near the top and bottom
+    edges of any window around it. Those edges are the frame's own, so the window must stay put: a
+    window that moves runs the mesh twice on that frame (once used to happen on every frame)."""
+    src = probe(media("katie_talk_512.mp4"))
+    clip = tmp_path / "wide_close_up.mp4"
+    with av.open(str(clip), "w") as out:
+        st = out.add_stream("libx264", rate=25)
+        st.width, st.height, st.pix_fmt = 1024, 512, "yuv420p"
+        for _, frame in VideoDecoder(src, Fraction(25)).frames(0, 30):
+            canvas = np.full((512, 1024, 3), 96, np.uint8)
+            canvas[:, 256:768] = to_rgb(frame)[0]
+            for p in st.encode(av.VideoFrame.from_ndarray(canvas, format="rgb24")):
+                out.mux(p)
+        for p in st.encode(None):
+            out.mux(p)
+    passes = 0
+    detect = FaceMesh.detect
+
+    def counted(self: FaceMesh, rgb: np.ndarray) -> list[np.ndarray]:
+        nonlocal passes
+        passes += 1
+        return detect(self, rgb)
+
+    monkeypatch.setattr(FaceMesh, "detect", counted)
+    info = probe(clip)
+    avatar = analyse_template(info, info.fps, tmp_path)
+    assert avatar.found.all()
+    assert passes <= avatar.n_frames + 3, f"{passes} mesh passes for {avatar.n_frames} frames"
 
 
 def test_avatar_cache_is_reused(tmp_path) -> None:

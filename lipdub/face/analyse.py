@@ -148,7 +148,10 @@ class _FaceWindow:
         if self.box is not None:
             x0, y0, x1, y1 = self.box
             margin = 0.12 * (x1 - x0)
-            inside = fx0 > x0 + margin and fy0 > y0 + margin and fx1 < x1 - margin and fy1 < y1 - margin
+            # A side that lies on the frame's border cannot move further out: a close-up face may come
+            # near it without moving the window (which would cost a second mesh pass on every frame).
+            inside = ((x0 == 0 or fx0 > x0 + margin) and (y0 == 0 or fy0 > y0 + margin)
+                      and (x1 == self.width or fx1 < x1 - margin) and (y1 == self.height or fy1 < y1 - margin))
             if inside and 0.3 < size / (x1 - x0) < 0.6:
                 return
         # A square window 2.2 face-sizes wide, centred on the face, even-aligned, inside the frame.
