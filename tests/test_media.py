@@ -13,7 +13,7 @@ from conftest import AUDIOS, PHOTOS, VIDEOS, cut_audio, media, needs_media
 
 from lipdub.errors import InputError
 from lipdub.media.audio import load_audio
-from lipdub.media.decode import TemplateFrames, VideoDecoder, pingpong_indices
+from lipdub.media.decode import TemplateFrames, VideoDecoder, pingpong_indices, prefetched
 from lipdub.media.frames import blend_bgr, crop_bgr, crop_rgb, pack, planes, rotate
 from lipdub.media.probe import probe
 
@@ -85,6 +85,38 @@ def test_variable_frame_rate_becomes_constant() -> None:
     ks = [k for k, _ in frames]
     assert ks == list(range(len(ks)))  # consecutive constant-rate slots
     assert abs(len(ks) / float(info.fps) - info.duration) < 2 / float(info.fps)
+
+
+def test_prefetched_frames_are_the_decoded_frames_in_order() -> None:
+    info = probe(media("map_talk_844.mp4"))
+    direct = list(VideoDecoder(info, info.fps).frames(0, 30))
+    ahead = list(prefetched(VideoDecoder(info, info.fps).frames(0, 30), depth=3))
+    assert [k for k, _ in ahead] == [k for k, _ in direct] == list(range(30))
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(ahead, direct, strict=True))
+
+
+def test_prefetch_hands_on_errors_and_stops_when_the_consumer_does() -> None:
+    def broken():
+        yield 1
+        raise InputError("damaged")
+
+    with pytest.raises(InputError, match="damaged"):
+        list(prefetched(broken()))
+    made: list[int] = []
+    closed: list[bool] = []
+
+    def endless():
+        try:
+            for i in range(10**9):
+                made.append(i)
+                yield i
+        finally:
+            closed.append(True)
+
+    stream = prefetched(endless(), depth=2)
+    assert [next(stream) for _ in range(3)] == [0, 1, 2]
+    stream.close()  # the consumer stops early: the producer thread ends and closes its source
+    assert closed == [True] and len(made) <= 3 + 2 + 2
 
 
 def test_pingpong_indices() -> None:

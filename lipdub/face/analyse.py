@@ -13,7 +13,7 @@ from lipdub.errors import NoFaceError
 from lipdub.face.avatar import ANALYSIS_VERSION, Avatar, content_hash, default_cache_root
 from lipdub.face.landmarks import N_POINTS, FaceMesh
 from lipdub.face.tracking import choose_main_face, same_face, smooth_landmarks
-from lipdub.media.decode import VideoDecoder, load_image, output_size
+from lipdub.media.decode import VideoDecoder, load_image, output_size, prefetched
 from lipdub.media.frames import crop_rgb, to_rgb
 from lipdub.media.probe import MediaInfo
 
@@ -89,7 +89,7 @@ def _analyse_video(info: MediaInfo, fps: Fraction, progress: Callable[[float], N
     # on every frame while it tracks fewer faces than it may, which is a quarter of the cost), and one
     # that looks for every face in a whole frame, to choose the main one when it is lost.
     with FaceMesh(track=True, max_faces=1) as tracker, FaceMesh(track=False) as searcher:
-        for k, frame in decoder.frames():
+        for k, frame in prefetched(decoder.frames()):
             main = window.find(tracker, searcher, frame, previous)
             previous = main
             rows.append(np.full((N_POINTS, 2), np.nan, np.float32) if main is None else main.astype(np.float32))

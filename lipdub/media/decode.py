@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
+import threading
 from collections.abc import Iterator
 from fractions import Fraction
+from typing import TypeVar
 
 import av
 import numpy as np
@@ -15,6 +18,8 @@ from lipdub.media.frames import rotate
 from lipdub.media.probe import MediaInfo
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Above this many decoded bytes a template is re-decoded for backward (ping-pong) runs instead of kept.
 TEMPLATE_MEMORY_BUDGET = 400 * 1024 * 1024
@@ -123,6 +128,52 @@ class VideoDecoder:
                 if bad > 50:
                     raise
                 log.debug("Skipping an undecodable video packet: %s", e)
+
+
+def prefetched(items: Iterator[T], depth: int = 4) -> Iterator[T]:
+    """``items``, produced by a thread of their own up to ``depth`` ahead. PyAV releases the GIL while
+    it decodes, so the decoder's own work and the Python around it (frame conversion, timestamps)
+    overlap what the consumer does with each frame instead of alternating with it. Errors reach the
+    consumer; a consumer that stops early stops the producer."""
+    ready: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(end)
+        except BaseException as e:  # noqa: BLE001 - raised again in the consumer
+            put(e)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # a generator's own cleanup (closing its file) runs here, in its thread
+
+    worker = threading.Thread(target=produce, name="lipdub-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=10)
 
 
 def pingpong_indices(n_out: int, n_template: int) -> np.ndarray:

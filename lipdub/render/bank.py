@@ -23,7 +23,7 @@ import numpy as np
 
 from lipdub.face.avatar import Avatar
 from lipdub.face.landmarks import LIPS_INNER_LOWER, LIPS_INNER_UPPER, eye_centres, inter_ocular, lip_gap
-from lipdub.media.decode import VideoDecoder
+from lipdub.media.decode import VideoDecoder, prefetched
 from lipdub.media.frames import crop_bgr, crop_i420, frame_size, planes
 from lipdub.media.probe import MediaInfo
 from lipdub.render.masks import lower_face_polygon
@@ -222,7 +222,7 @@ class BankWriter:
             return
         x0, y0, x1, y1 = region_box(landmarks, self.width, self.height)
         stored = crop_i420(frame, (x0, y0, x1, y1))
-        self._open().write(stored.tobytes())
+        self._open().write(memoryview(np.ascontiguousarray(stored)))  # no intermediate bytes copy
         # Colour descriptors now, from the crop in hand (reading it back later costs a disk read and a
         # conversion per frame); the landmarks are the raw ones, which is plenty for a mean colour.
         lm = landmarks - np.float32([x0, y0])
@@ -305,7 +305,7 @@ def build_bank(avatar: Avatar, info: MediaInfo, folder: Path) -> MouthBank:
     writer = BankWriter(folder.parent, avatar.width, avatar.height)
     try:
         fps = Fraction(avatar.fps).limit_denominator(1001)
-        for k, frame in VideoDecoder(info, fps).frames(0, avatar.n_frames):
+        for k, frame in prefetched(VideoDecoder(info, fps).frames(0, avatar.n_frames)):
             if avatar.found[k]:
                 writer(k, frame, avatar.landmarks[k])
     except BaseException:
