@@ -36,6 +36,7 @@ _UPPER_LIP = sorted((set(LIPS_OUTER_UPPER) | set(LIPS_INNER_UPPER) |
                      {76, 184, 74, 73, 72, 11, 302, 303, 304, 408, 306, 183, 42, 41, 38, 12, 268, 271, 272, 407})
                     - _CORNERS)
 _GRID = 4  # the warp field is computed every _GRID pixels and interpolated: it is piecewise smooth
+_SLIVER_GAIN = 4.0  # a triangle whose map magnifies this much (Frobenius norm; identity 1.41) is a sliver
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
@@ -82,9 +83,20 @@ class WarpRenderer(Renderer):
         # opening has no steep sides next to them.
         corner = max(float(np.abs(u[[61, 291]]).max()), 1e-3)
         lens = 0.4 + 0.6 * np.sqrt(np.clip(1 - (u / corner) ** 2, 0.0, 1.0))
+        lens[[61, 291, 78, 308]] = 0.4
+        if delta < 0:
+            # Closing: no point of the lips may travel further than the opening in front of it, or the
+            # lips would cross and the warp fold over (a jagged lip line, pixels pulled from far away).
+            # Where the template's lips already touch (towards the corners) they stay put.
+            up_in, lo_in = np.array(LIPS_INNER_UPPER), np.array(LIPS_INNER_LOWER)
+            gap = np.maximum((lm[lo_in] - lm[up_in]) @ ey, 0.0)
+            pair_u = (u[up_in] + u[lo_in]) / 2
+            order = np.argsort(pair_u)
+            local = np.interp(u, pair_u[order], gap[order])
+            lens = np.minimum(lens, local / (1.12 * -delta))
         w[_LOWER_LIP] = lens[_LOWER_LIP]
         w[_UPPER_LIP] = -0.12 * lens[_UPPER_LIP]
-        w[[61, 291, 78, 308]] = 0.4
+        w[list(_CORNERS)] = lens[list(_CORNERS)]
         moved = lm + np.outer(w * delta, ey)
 
         # Width and rounding: the lips scale sideways about the mouth centre.
@@ -253,8 +265,15 @@ def _coarse_map(src: np.ndarray, dst: np.ndarray, region: np.ndarray, box: tuple
     # ~100x slower). A point on a shared edge may land in either: both affine maps agree there.
     label = np.zeros((ny, nx), np.int32)
     corners = np.round((d[tri.simplices] - [x0 + off, y0 + off]) / _GRID * 16).astype(np.int32)
-    for k, tri_pts in enumerate(corners):
-        cv2.fillConvexPoly(label, tri_pts, k + 1, lineType=cv2.LINE_8, shift=4)
+    # Rasterising also labels grid points just outside a triangle, where its affine map is extrapolated:
+    # harmless for a well-shaped triangle, but a sliver (two lip points nearly meeting as the mouth
+    # closes) magnifies, and sends those points tens of pixels away (a jagged lip line with pixels
+    # from elsewhere in it). Slivers are drawn first, so their neighbours overwrite their fringes, and
+    # points still labelled with one are looked up exactly.
+    gain = np.sqrt((lin**2).sum((1, 2)))  # 1.41 for the identity
+    for k in np.argsort(-gain, kind="stable"):
+        cv2.fillConvexPoly(label, corners[k], int(k) + 1, lineType=cv2.LINE_8, shift=4)
+    _fix_labels(label, tri, x0 + off, y0 + off, gain > _SLIVER_GAIN)
     # In float32 (a fraction of a pixel's error at any frame size), about twice as fast as in float64.
     # Positions relative to the grid's corner keep the products small.
     corner = np.array([x0 + off, y0 + off])
@@ -263,6 +282,33 @@ def _coarse_map(src: np.ndarray, dst: np.ndarray, region: np.ndarray, box: tuple
     gx = np.arange(nx, dtype=np.float32) * _GRID
     gy = np.arange(ny, dtype=np.float32)[:, None] * _GRID
     return a[..., 0] * gx[None, :, None] + a[..., 1] * gy[..., None] + a[..., 2]
+
+
+def _fix_labels(label: np.ndarray, tri: Delaunay, gx0: float, gy0: float, suspect: np.ndarray) -> None:
+    """Grid points labelled with a ``suspect`` triangle (a sliver) but outside it get the triangle they
+    are in, or none (the identity). In numpy: Delaunay.find_simplex goes through LAPACK, whose idle
+    threads then spin on the other core."""
+    flagged = suspect[np.maximum(label - 1, 0)] & (label > 0)
+    ys, xs = np.nonzero(flagged)
+    if len(ys) == 0:
+        return
+    pts = np.stack([gx0 + xs * _GRID, gy0 + ys * _GRID], 1).astype(np.float64)
+    off = ~_inside(pts, tri.points[tri.simplices[label[ys, xs] - 1]])
+    if off.any():
+        hits = _inside(pts[off][:, None], tri.points[tri.simplices][None])  # (n, m): every triangle
+        label[ys[off], xs[off]] = np.where(hits.any(1), hits.argmax(1) + 1, 0)
+
+
+def _inside(p: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Whether points ``p`` (..., 2) lie in triangles ``v`` (..., 3, 2), edges included (broadcast);
+    a degenerate triangle contains nothing."""
+    a, b, r = v[..., 0, :] - v[..., 2, :], v[..., 1, :] - v[..., 2, :], p - v[..., 2, :]
+    det = a[..., 0] * b[..., 1] - b[..., 0] * a[..., 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        l0 = (r[..., 0] * b[..., 1] - b[..., 0] * r[..., 1]) / det
+        l1 = (a[..., 0] * r[..., 1] - r[..., 0] * a[..., 1]) / det
+    eps = 1e-6
+    return (l0 >= -eps) & (l1 >= -eps) & (1.0 - l0 - l1 >= -eps)  # NaN compares False
 
 
 def _densify(poly: np.ndarray, step: float) -> np.ndarray:
