@@ -285,3 +285,14 @@ def test_i420_resampling_keeps_luma_and_chroma_aligned() -> None:
         np.testing.assert_array_equal(oy, sy[dy:dy + h, dx:dx + w])
         np.testing.assert_array_equal(ou, su[dy // 2:dy // 2 + h // 2, dx // 2:dx // 2 + w // 2])
         np.testing.assert_array_equal(ov, sv[dy // 2:dy // 2 + h // 2, dx // 2:dx // 2 + w // 2])
+
+
+def test_average_ranks_match_scipy() -> None:
+    from scipy.stats import rankdata
+
+    from lipdub.render.select import average_ranks
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7, 500):
+        for x in (rng.random(n), np.round(rng.random(n) * 4) / 4, np.zeros(n)):  # distinct, tied, all equal
+            assert np.array_equal(average_ranks(x), rankdata(x))

@@ -11,7 +11,6 @@ from fractions import Fraction
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
-from scipy.signal import resample_poly
 
 from lipdub.audio import phones as ph
 from lipdub.audio import vad
@@ -60,6 +59,9 @@ class Analysis:
 def _to_16k(x: np.ndarray, sr: int) -> np.ndarray:
     if sr == RATE:
         return x.astype(np.float32, copy=False)
+    # Imported here: scipy.signal takes 0.6 s to import, and 16 kHz input never needs it.
+    from scipy.signal import resample_poly
+
     f = Fraction(RATE, sr).limit_denominator(1000)
     return resample_poly(x.astype(np.float32), f.numerator, f.denominator).astype(np.float32)
 

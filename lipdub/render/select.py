@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import rankdata
 
 from lipdub.audio.track import MouthTrack
 
@@ -57,7 +56,7 @@ def map_targets(track: MouthTrack, bank_gap: np.ndarray, bank_width: np.ndarray)
     speaking = o > 0.02
     q = np.zeros(len(o))
     if speaking.any():
-        ranks = rankdata(o[speaking]) / (speaking.sum() + 1)
+        ranks = average_ranks(o[speaking]) / (speaking.sum() + 1)
         top = max(float(np.quantile(o[speaking], 0.98)), 0.15)
         q[speaking] = 0.5 * ranks + 0.5 * np.clip(o[speaking] / top, 0, 1)
     lo_q, hi_q = 0.12, 0.985
@@ -140,3 +139,17 @@ def viterbi(cand: np.ndarray, cost: np.ndarray, bank, speech: np.ndarray, c: Cos
         path[t] = cand[t, a]
         a = int(back[t, a])
     return path
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of ``x``, ties sharing their mean rank (scipy.stats.rankdata's default; importing
+    scipy.stats costs 0.6 s of every job's start)."""
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    new = np.concatenate([[True], xs[1:] != xs[:-1]])  # first of each run of equal values
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:], len(xs))  # exclusive
+    mean_rank = (starts + 1 + ends) / 2.0  # mean of ranks starts+1 .. ends
+    ranks = np.empty(len(xs), np.float64)
+    ranks[order] = np.repeat(mean_rank, ends - starts)
+    return ranks
