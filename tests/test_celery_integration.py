@@ -20,7 +20,9 @@ from lipdub.jobs.store import JobRow, JobStore
 
 pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.timeout(1800)]
 
-CLIPS = [1.0, 1.2, 1.4, 1.6, 1.8, 2.0]  # different lengths: a mixed-up output is caught
+# Different lengths, so a mixed-up output is caught; long enough that a job is still running when the
+# worker is killed (a 1 s clip on a photo once finished in 0.7 s, before the kill landed).
+CLIPS = [3.0, 3.4, 3.8, 4.2, 4.6, 5.0]
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +71,7 @@ def test_two_workers_one_killed_mid_job_all_six_complete(tmp_path, redis_url, pg
             while victim is None:
                 assert time.monotonic() < deadline, cluster.log("w1") + cluster.log("w2")
                 for j in c.get(f"/api/v1/batches/{batch_id}").json()["jobs"]:
-                    # The render child is analysing the inputs: many seconds of work remain (frames are
+                    # The render child is analysing the inputs: most of the job remains (frames are
                     # reported in chunks of 16, so "rendering" is first seen when a short clip is nearly
                     # done), so the kill lands mid-job.
                     if j["status"] == "running" and j["stage"] in ("analysing audio", "analysing template"):
@@ -77,7 +79,7 @@ def test_two_workers_one_killed_mid_job_all_six_complete(tmp_path, redis_url, pg
                         victim = next((n for n in ("w1", "w2") if owner.startswith(f"{n}@")), None)
                         victim_job = j["id"]
                         break
-                time.sleep(0.3)
+                time.sleep(0.1)
             proc = {"w1": w1, "w2": w2}[victim]
             renders = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
             assert renders, "the worker renders in a child process"
