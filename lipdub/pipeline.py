@@ -26,7 +26,7 @@ from lipdub.errors import InputError, LipdubError
 from lipdub.face.analyse import analyse_template
 from lipdub.face.avatar import Avatar, default_cache_root
 from lipdub.media.audio import load_audio
-from lipdub.media.decode import TemplateFrames, load_image, output_size, pingpong_indices
+from lipdub.media.decode import TemplateFrames, load_image, output_size, pingpong_indices, put_unless_stopped
 from lipdub.media.encode import VideoWriter, nvenc_available
 from lipdub.media.encode import quality as quality_preset
 from lipdub.media.frames import OutputFrame, Overlay
@@ -205,13 +205,7 @@ def _render_stream(source: Iterator[np.ndarray], indices: np.ndarray, avatar: Av
     errors: list[BaseException] = []
 
     def put(q: queue.Queue, item: object) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_unless_stopped(q, item, stop)
 
     def decode() -> None:
         try:

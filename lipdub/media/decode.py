@@ -130,6 +130,17 @@ class VideoDecoder:
                 log.debug("Skipping an undecodable video packet: %s", e)
 
 
+def put_unless_stopped(q: queue.Queue, item: object, stop: threading.Event) -> bool:
+    """Put ``item`` on the bounded queue ``q``, waiting for room until ``stop`` is set; False if it was."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 def prefetched(items: Iterator[T], depth: int = 4) -> Iterator[T]:
     """``items``, produced by a thread of their own up to ``depth`` ahead. PyAV releases the GIL while
     it decodes, so the decoder's own work and the Python around it (frame conversion, timestamps)
@@ -139,23 +150,14 @@ def prefetched(items: Iterator[T], depth: int = 4) -> Iterator[T]:
     stop = threading.Event()
     end = object()
 
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
     def produce() -> None:
         try:
             for item in items:
-                if not put(item):
+                if not put_unless_stopped(ready, item, stop):
                     return
-            put(end)
+            put_unless_stopped(ready, end, stop)
         except BaseException as e:  # noqa: BLE001 - raised again in the consumer
-            put(e)
+            put_unless_stopped(ready, e, stop)
         finally:
             close = getattr(items, "close", None)
             if close is not None:

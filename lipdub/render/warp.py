@@ -83,7 +83,8 @@ class WarpRenderer(Renderer):
         # opening has no steep sides next to them.
         corner = max(float(np.abs(u[[61, 291]]).max()), 1e-3)
         lens = 0.4 + 0.6 * np.sqrt(np.clip(1 - (u / corner) ** 2, 0.0, 1.0))
-        lens[[61, 291, 78, 308]] = 0.4
+        corners = sorted(_CORNERS)
+        lens[corners] = 0.4
         if delta < 0:
             # Closing: no point of the lips may travel further than the opening in front of it, or the
             # lips would cross and the warp fold over (a jagged lip line, pixels pulled from far away).
@@ -96,7 +97,7 @@ class WarpRenderer(Renderer):
             lens = np.minimum(lens, local / (1.12 * -delta))
         w[_LOWER_LIP] = lens[_LOWER_LIP]
         w[_UPPER_LIP] = -0.12 * lens[_UPPER_LIP]
-        w[list(_CORNERS)] = lens[list(_CORNERS)]
+        w[corners] = lens[corners]
         moved = lm + np.outer(w * delta, ey)
 
         # Width and rounding: the lips scale sideways about the mouth centre.
