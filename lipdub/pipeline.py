@@ -25,6 +25,7 @@ from lipdub.device import Device, select_device
 from lipdub.errors import InputError, LipdubError
 from lipdub.face.analyse import analyse_template
 from lipdub.face.avatar import Avatar, default_cache_root
+from lipdub.face.cache import avatars_root
 from lipdub.media.audio import load_audio
 from lipdub.media.decode import TemplateFrames, load_image, output_size, pingpong_indices, put_unless_stopped
 from lipdub.media.encode import VideoWriter, nvenc_available
@@ -152,7 +153,7 @@ def _analyse_face(info: MediaInfo, fps: Fraction, engine: str, cache_dir: str | 
     report("analysing template", 0.0, "finding the face")
     cache_root = Path(cache_dir) if cache_dir else default_cache_root()
     # The mouth bank is filled during the analysis's own decode, so a new template is decoded once.
-    bank = BankWriter(cache_root / "avatars", *output_size(info)) if (
+    bank = BankWriter(avatars_root(cache_root), *output_size(info)) if (
         info.kind == "video" and engine in ("auto", RetrievalRenderer.name)) else None
     try:
         avatar = analyse_template(info, fps, cache_root, frame_sink=bank,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -29,10 +30,13 @@ def media(name: str) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     # One avatar cache per test session: later tests reuse analyses, but never the user's ~/.cache.
-    monkeypatch.setenv("LIPDUB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    # Session-wide, so it is in place before module fixtures start servers whose job processes inherit it.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LIPDUB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        yield
 
 
 def cut_audio(src: Path, dst: Path, seconds: float, codec: str | None = None) -> Path:
@@ -61,6 +65,23 @@ def cut_audio(src: Path, dst: Path, seconds: float, codec: str | None = None) ->
                         out.mux(p)
             for p in st.encode(None):
                 out.mux(p)
+    return dst
+
+
+def cut_video(src: Path, dst: Path, frames: int) -> Path:
+    """Re-encode the first ``frames`` frames of ``src`` (no sound, 25 fps, near-lossless) into ``dst``."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        ins = inp.streams.video[0]
+        st = out.add_stream("libx264", rate=25)
+        st.width, st.height, st.pix_fmt = ins.codec_context.width, ins.codec_context.height, "yuv420p"
+        st.options = {"crf": "10"}
+        for k, frame in enumerate(inp.decode(ins)):
+            if k >= frames:
+                break
+            for p in st.encode(av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")):
+                out.mux(p)
+        for p in st.encode(None):
+            out.mux(p)
     return dst
 
 

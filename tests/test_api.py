@@ -108,6 +108,7 @@ def test_single_job_end_to_end(client, media):
     assert client.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 409  # finished already
     usage = client.get("/api/v1/storage").json()
     assert usage["jobs_bytes"] > len(res.content) // 2 and usage["jobs"]["done"] >= 1
+    assert usage["avatar_cache_bytes"] > 0 and usage["avatar_cache_budget_bytes"] == 20 * 2**30
     # Delete: gone from the API and from disk.
     assert client.delete(f"/api/v1/jobs/{job_id}").status_code == 204
     assert client.get(f"/api/v1/jobs/{job_id}").status_code == 404

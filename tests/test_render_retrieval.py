@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import av
 import numpy as np
 import pytest
-from conftest import cut_audio, media
+from conftest import cut_audio, cut_video, media
 
 from lipdub.audio.track import MouthTrack
 from lipdub.device import select_device
@@ -76,19 +76,7 @@ def test_silence_maps_to_the_resting_mouth() -> None:
 @pytest.fixture(scope="module")
 def short_template(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     """The first ``N_TEMPLATE`` frames of a real talking video, analysed."""
-    src = media("katie_talk_512.mp4")
-    path = tmp_path_factory.mktemp("tpl") / "katie_short.mp4"
-    with av.open(str(src)) as inp, av.open(str(path), "w") as out:
-        st = out.add_stream("libx264", rate=25)
-        st.width, st.height, st.pix_fmt = 512, 512, "yuv420p"
-        st.options = {"crf": "10"}
-        for k, frame in enumerate(inp.decode(video=0)):
-            if k >= N_TEMPLATE:
-                break
-            for p in st.encode(av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")):
-                out.mux(p)
-        for p in st.encode(None):
-            out.mux(p)
+    path = cut_video(media("katie_talk_512.mp4"), tmp_path_factory.mktemp("tpl") / "katie_short.mp4", N_TEMPLATE)
     info = probe(path)
     avatar = analyse_template(info, Fraction(25), tmp_path_factory.mktemp("cache"))
     return info, avatar

@@ -11,6 +11,7 @@ import numpy as np
 
 from lipdub.errors import NoFaceError
 from lipdub.face.avatar import ANALYSIS_VERSION, Avatar, content_hash, default_cache_root
+from lipdub.face.cache import avatars_root, mark_used
 from lipdub.face.landmarks import N_POINTS, FaceMesh
 from lipdub.face.tracking import choose_main_face, same_face, smooth_landmarks
 from lipdub.media.decode import VideoDecoder, load_image, output_size, prefetched
@@ -37,7 +38,9 @@ def analyse_template(info: MediaInfo, fps: Fraction, cache_root: Path | None = N
     found on it (None if none) while a video is analysed, so other per-frame work (the mouth bank)
     needs no second decode. It is not called when the analysis comes from the cache."""
     key = content_hash(info.path, extra=f"v{ANALYSIS_VERSION}:{fps}:{info.rotation}")
-    cache_dir = (cache_root or default_cache_root()) / "avatars" / key[:24]
+    cache_dir = avatars_root(cache_root or default_cache_root()) / key[:24]
+    if cache_dir.is_dir():
+        mark_used(cache_dir)  # first, so pruning by another job leaves it alone from now on
     cached = Avatar.load(cache_dir)
     if cached is not None and cached.key == key:
         log.info("Template analysis found in the avatar cache (%d frames).", cached.n_frames)
@@ -57,6 +60,7 @@ def analyse_template(info: MediaInfo, fps: Fraction, cache_root: Path | None = N
         log.warning("No face on %d of %d template frames; those frames pass through unchanged.",
                     int((~found).sum()), len(found))
     avatar.save()
+    mark_used(cache_dir)
     return avatar
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from lipdub.errors import InputError
+from lipdub.face.avatar import default_cache_root
+from lipdub.face.cache import avatars_root, budget_bytes, cached_avatars
 from lipdub.jobs.runner import Dispatcher, LocalDispatcher, default_workers
 from lipdub.jobs.storage import LocalStorage, UploadTooLarge
 from lipdub.jobs.store import DONE, FINISHED, RUNNING, Job, JobStore, sqlite_url, utcnow
@@ -319,6 +321,12 @@ class Studio:
 
     def usage(self) -> dict[str, Any]:
         u = dict(self.storage.usage())
+        # The avatar cache lives apart from the storage ($LIPDUB_CACHE) but fills the same kind of disk.
+        u["avatar_cache_bytes"] = sum(a.bytes for a in cached_avatars(avatars_root(default_cache_root())))
+        try:
+            u["avatar_cache_budget_bytes"] = budget_bytes()
+        except InputError:
+            u["avatar_cache_budget_bytes"] = 0  # the jobs report the bad setting themselves
         u["jobs"] = self.store.counts()
         u["retention_days"] = self.settings.retention_days
         return u

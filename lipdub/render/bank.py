@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from lipdub.face.avatar import Avatar
+from lipdub.face.cache import budget_bytes, prune
 from lipdub.face.landmarks import LIPS_INNER_LOWER, LIPS_INNER_UPPER, eye_centres, inter_ocular, lip_gap
 from lipdub.media.decode import VideoDecoder, prefetched
 from lipdub.media.frames import crop_bgr, crop_i420, frame_size, planes
@@ -49,13 +50,15 @@ class BankImages:
     """The bank's lower-face crops, on disk in one raw file (I420, one entry after another), read one at a time.
 
     Reads go through os.pread rather than a memory map: mapped pages count as the process's resident
-    memory, and a 1080p bank of a long template would then look like gigabytes of RSS.
+    memory, and a 1080p bank of a long template would then look like gigabytes of RSS. The file is
+    opened once, up front: a bank that another job prunes from the cache stays readable until closed.
     """
 
     def __init__(self, path: Path, offsets: np.ndarray, shapes: np.ndarray) -> None:
         self.path = path
         self.offsets = offsets.astype(np.int64)  # (S,) byte offset of each entry
         self.shapes = shapes.astype(np.int64)  # (S, 2) height and width of each entry (even)
+        self._fd: int | None = os.open(path, os.O_RDONLY)
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -66,16 +69,22 @@ class BankImages:
 
     def i420(self, j: int) -> np.ndarray:
         """Entry ``j`` as stored: packed I420, (h * 3 / 2, w)."""
+        if self._fd is None:
+            raise ValueError(f"the mouth bank {self.path} is closed")
         h, w = (int(v) for v in self.shapes[j])
         size = entry_bytes(h, w)
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            data = os.pread(fd, size, int(self.offsets[j]))
-        finally:
-            os.close(fd)
+        data = os.pread(self._fd, size, int(self.offsets[j]))
         if len(data) != size:
             raise OSError(f"mouth bank entry {j} is truncated in {self.path}")
         return np.frombuffer(data, np.uint8).reshape(h * 3 // 2, w)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def entry_bytes(h: int, w: int) -> int:
@@ -197,6 +206,7 @@ class BankWriter:
     def __init__(self, parent: Path, width: int, height: int) -> None:
         self.parent = parent
         self.width, self.height = width, height
+        self.budget = budget_bytes()  # read now: a bad setting fails the job before the analysis, not after
         self.tmp: Path | None = None  # made at the first frame: a cached avatar never needs one
         self._file: BinaryIO | None = None
         self._closed = False
@@ -253,8 +263,8 @@ class BankWriter:
             frames = np.asarray(self._frames, np.int64)
             keep = np.array([k < avatar.n_frames and bool(avatar.found[k]) for k in frames], bool)
             origins = np.asarray(self._origins, np.int32).reshape(-1, 2)
-            images = BankImages(self.tmp / "images.u8", np.asarray(self._offsets, np.int64),
-                                np.asarray(self._shapes, np.int64).reshape(-1, 2))
+            offsets = np.asarray(self._offsets, np.int64)
+            shapes = np.asarray(self._shapes, np.int64).reshape(-1, 2)
             n = len(frames)
             gap, width, rnd = (np.zeros(n, np.float32) for _ in range(3))
             teeth = np.asarray(self._teeth, np.float32).reshape(n)
@@ -268,7 +278,7 @@ class BankWriter:
                 pose[e] = pose_descriptor(lm_frame, ref_iod)
             np.savez(self.tmp / "meta.npz", frames=frames[keep], origin=origins[keep], gap=gap[keep],
                      width=width[keep], round=rnd[keep], teeth=teeth[keep], pose=pose[keep], light=light[keep],
-                     offset=images.offsets[keep], shape=images.shapes[keep])
+                     offset=offsets[keep], shape=shapes[keep])
             (self.tmp / "info.json").write_text(json.dumps({"version": BANK_VERSION, "key": avatar.key,
                                                             "bytes": self._end}))
             shutil.rmtree(folder, ignore_errors=True)
@@ -280,6 +290,12 @@ class BankWriter:
         if bank is None:
             raise OSError(f"The mouth bank just written to {folder} could not be read back.")
         log.info("Mouth bank: %d frames, %.0f MB.", len(bank), self._end / 1e6)
+        if folder.parent == avatar.cache_dir:
+            for old in avatar.cache_dir.glob("mouth_bank_v*"):
+                if old != folder:  # a bank of an older format: never read again
+                    shutil.rmtree(old, ignore_errors=True)
+        # The cache just grew by up to gigabytes: keep it within its budget (this bank is open already).
+        prune(avatar.cache_dir.parent, self.budget, keep=(avatar.cache_dir,))
         return bank
 
 

@@ -90,6 +90,8 @@ class StorageOut(BaseModel):
     jobs_bytes: int
     total_bytes: int
     free_bytes: int
+    avatar_cache_bytes: int  # analysed templates kept for reuse (pruned to $LIPDUB_CACHE_MAX_GB)
+    avatar_cache_budget_bytes: int  # 0: no limit
     jobs: dict[str, int]
     retention_days: float
 

@@ -389,6 +389,8 @@ def _usage(studio: Studio) -> str:
     keep = (f"finished jobs are deleted after {u['retention_days']:g} days" if u["retention_days"] > 0
             else "results are kept until you delete them")
     c = u["jobs"]
+    budget = u["avatar_cache_budget_bytes"]
+    cache = _fmt_bytes(u["avatar_cache_bytes"]) + (f" of {_fmt_bytes(budget)}" if budget > 0 else "")
     return (f"**Disk:** {_fmt_bytes(u['total_bytes'])} used (uploads {_fmt_bytes(u['uploads_bytes'])}, results "
-            f"{_fmt_bytes(u['jobs_bytes'])}), {_fmt_bytes(u['free_bytes'])} free · {keep} · "
+            f"{_fmt_bytes(u['jobs_bytes'])}), avatar cache {cache}, {_fmt_bytes(u['free_bytes'])} free · {keep} · "
             f"{c['queued']} queued, {c['running']} running, {c['done']} done, {c['failed']} failed")
