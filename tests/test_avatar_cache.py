@@ -21,8 +21,8 @@ from lipdub.render import bank as bank_mod
 
 def _avatar_folder(root: Path, name: str, size: int, used_ago: float | None) -> Path:
     folder = root / name
-    (folder / "mouth_bank_v6").mkdir(parents=True)
-    (folder / "mouth_bank_v6" / "images.u8").write_bytes(b"\0" * size)
+    (folder / "bank").mkdir(parents=True)
+    (folder / "bank" / "images.u8").write_bytes(b"\0" * size)
     if used_ago is not None:
         (folder / USED_MARK).touch()
         t = time.time() - used_ago
@@ -39,7 +39,7 @@ def _set_last_use(folder: Path, ago: float) -> None:
 def test_prune_removes_the_least_recently_used_first_and_spares_avatars_in_use(tmp_path: Path) -> None:
     oldest = _avatar_folder(tmp_path, "a", 100, used_ago=3 * 86400)
     unmarked = _avatar_folder(tmp_path, "b", 100, used_ago=None)  # from before marks: its files' age
-    os.utime(unmarked / "mouth_bank_v6" / "images.u8", (time.time() - 86400, time.time() - 86400))
+    os.utime(unmarked / "bank" / "images.u8", (time.time() - 86400, time.time() - 86400))
     older = _avatar_folder(tmp_path, "c", 100, used_ago=2 * 3600)
     busy = _avatar_folder(tmp_path, "d", 100, used_ago=60)  # a running job's
     kept = _avatar_folder(tmp_path, "e", 100, used_ago=5 * 86400)  # the caller's own

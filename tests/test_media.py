@@ -260,3 +260,44 @@ def test_encoder_blends_overlays_into_its_own_frame(tmp_path) -> None:
     np.testing.assert_array_equal(decoded[0], decoded[1])
     assert not np.array_equal(out.packed(), frame)  # the overlays do change the picture...
     assert out.frame is frame  # ...not the template frame
+
+
+def _full_range_clip(src, dst, frames: int = 10) -> None:
+    """Re-encode ``src`` as a full-range (JPEG-range) H.264 clip, the way some phones record."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        st = out.add_stream("libx264", rate=25)
+        st.width, st.height, st.pix_fmt = 512, 512, "yuvj420p"
+        st.codec_context.color_range = 2
+        st.options = {"crf": "8"}
+        for k, frame in enumerate(inp.decode(video=0)):
+            if k >= frames:
+                break
+            rgb = av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")
+            for p in st.encode(rgb.reformat(format="yuvj420p", dst_color_range="JPEG")):
+                out.mux(p)
+        for p in st.encode(None):
+            out.mux(p)
+
+
+def test_full_range_pictures_and_videos_keep_their_colours(tmp_path) -> None:
+    """A JPEG photo and a full-range video decode into video-range I420 that shows the same colours
+    (left as they were, their blacks came out crushed and their highlights blown: 9 levels off on average)."""
+    from lipdub.media.decode import is_full_range, load_image
+
+    photo = media("portrait_624.jpg")
+    with av.open(str(photo)) as c:
+        assert is_full_range(next(c.decode(video=0)))
+    shown = cv2.cvtColor(load_image(probe(photo)), cv2.COLOR_YUV2BGR_I420)
+    assert np.abs(shown.astype(int) - cv2.imread(str(photo)).astype(int)).mean() < 1.5
+
+    clip = tmp_path / "full_range.mp4"
+    _full_range_clip(media("katie_talk_512.mp4"), clip)
+    with av.open(str(clip)) as c:
+        truth = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]  # FFmpeg honours the range
+        c.seek(0)
+        assert is_full_range(next(c.decode(video=0)))
+    for k, frame in VideoDecoder(probe(clip), Fraction(25)).frames(0, 10):
+        shown = cv2.cvtColor(frame, cv2.COLOR_YUV2RGB_I420)
+        assert np.abs(shown.astype(int) - truth[k].astype(int)).mean() < 1.5
+        y = frame[:512]
+        assert y.min() >= 16 and y.max() <= 235

@@ -32,12 +32,22 @@ def output_size(info: MediaInfo) -> tuple[int, int]:
     return info.width - info.width % 2, info.height - info.height % 2
 
 
+def is_full_range(frame: av.VideoFrame) -> bool:
+    """YUV samples spanning 0-255 (JPEG range) rather than the video range 16-235."""
+    name = frame.format.name
+    return name.startswith("yuv") and (name.startswith("yuvj") or frame.color_range == 2)  # AVCOL_RANGE_JPEG
+
+
 def _to_i420(frame: av.VideoFrame, info: MediaInfo) -> np.ndarray:
     # Reformat in the stored orientation, then turn: the stored width/height are pre-rotation.
     w, h = output_size(info)
     sw, sh = (h, w) if info.rotation in (90, 270) else (w, h)
-    if frame.format.name != "yuv420p" or frame.width != sw or frame.height != sh:
-        frame = frame.reformat(width=sw, height=sh, format="yuv420p")
+    full = is_full_range(frame)
+    if full or frame.format.name != "yuv420p" or frame.width != sw or frame.height != sh:
+        # Full-range YUV (JPEG photos, some phone and screen recordings) is squeezed into the video range
+        # the output is tagged with: left as it is, blacks would come out crushed and highlights blown.
+        frame = frame.reformat(width=sw, height=sh, format="yuv420p", src_color_range="JPEG" if full else None,
+                               dst_color_range="MPEG")
     return rotate(frame.to_ndarray(format="yuv420p"), info.rotation)
 
 

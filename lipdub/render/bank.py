@@ -31,7 +31,8 @@ from lipdub.render.masks import lower_face_polygon
 
 log = logging.getLogger(__name__)
 
-BANK_VERSION = 6  # 5: entries stored as I420, each its own size; 6: colour descriptors while decoding
+BANK_VERSION = 7  # 5: entries stored as I420, each its own size; 6: colour descriptors while decoding;
+# 7: full-range templates stored in video range
 # Points that do not move when speaking: eye corners and the nose bridge. Alignment is fitted on them.
 STABLE = [33, 133, 362, 263, 168, 6, 197, 195, 5]
 NOSE_TIP = 4
