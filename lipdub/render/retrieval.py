@@ -34,6 +34,7 @@ from lipdub.media.frames import pack, planes
 from lipdub.render.bank import STABLE, MouthBank, mouth_bank, pose_descriptor
 from lipdub.render.base import FrameTask, RenderContext, RenderedCrop, Renderer
 from lipdub.render.blend import REACH, colour_ring, composite_alpha_box, match_colour_i420
+from lipdub.render.head import apply_affine
 from lipdub.render.kernels import WarpJob, warp_and_match
 from lipdub.render.masks import lower_face, lower_face_polygon
 from lipdub.render.select import Costs, Targets, candidates, map_targets, viterbi
@@ -100,10 +101,6 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     m[:, :2] = scale * r
     m[:, 2] = md - m[:, :2] @ ms
     return m
-
-
-def apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    return (pts @ m[:, :2].T + m[:, 2]).astype(np.float32)
 
 
 @dataclass
@@ -220,7 +217,7 @@ class RetrievalRenderer(Renderer):
             return RenderedCrop.untouched()  # the frame's own mouth already matches: leave it untouched
         lm_s = bank.landmarks(self.ctx.avatar, j)
         m = similarity(lm_s[STABLE].astype(np.float64), lm_t[STABLE].astype(np.float64))
-        lm_a = apply(m, lm_s)  # the source face in crop coordinates
+        lm_a = apply_affine(m, lm_s)  # the source face in crop coordinates
         # Everything below works on the mask's box only (a fraction of a 1080p face crop), and the
         # result covers just that box: the pipeline converts and blends no more than it.
         face_t = lower_face(lm_t)

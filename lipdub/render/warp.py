@@ -22,7 +22,8 @@ from lipdub.face.landmarks import (
     inter_ocular,
     lip_gap,
 )
-from lipdub.render.base import FrameTask, RenderedCrop, Renderer
+from lipdub.render.base import FrameTask, RenderContext, RenderedCrop, Renderer
+from lipdub.render.head import HeadWarp, apply_affine, feature_boxes, head_motion
 from lipdub.render.masks import lower_face_mask, lower_face_polygon, polygon_alpha
 
 # Lip gap at open = 1, in inter-ocular distances (a wide "ah" in real speech). Asks a little more than a
@@ -107,15 +108,40 @@ class WarpRenderer(Renderer):
         moved[lips] += np.outer((rel[lips] @ ex) * spread * near, ex)
         return moved.astype(np.float32)
 
+    def prepare(self, ctx: RenderContext) -> None:
+        super().prepare(ctx)
+        # A photo gets a slight head motion of its own; a video template keeps the motion it has.
+        self.head = head_motion(ctx.mouth, ctx.fps) if ctx.avatar.kind == "image" else None
+        self._head_warp: HeadWarp | None = None  # made at the first frame: it needs the crop's size
+        self._head_alpha: np.ndarray | None = None
+
     def _render_one(self, task: FrameTask) -> RenderedCrop:
         lm = task.landmarks
         if lm is None:
             return RenderedCrop(task.crop, None)
         h, w = task.crop.shape[:2]
         moved, src_gap, dst_gap = self.target_points(lm, task.out_index)
-        alpha = lower_face_mask(lm, (h, w))
-        warped = warp_piecewise_affine(task.crop, lm, moved, lower_face_polygon(lm, chin_margin=0.35))
+        region = lower_face_polygon(lm, chin_margin=0.35)
         iod = float(inter_ocular(lm))
+        if self.head is None:
+            alpha = lower_face_mask(lm, (h, w))
+            warped = warp_piecewise_affine(task.crop, lm, moved, region)
+        else:
+            if self._head_warp is None or self._head_warp.shape != (h, w):
+                # A photo's landmarks and crop never change: once per job.
+                self._head_warp = HeadWarp(lm, (h, w))
+                # Where the motion has faded out the photo stays untouched (no colour round trip); the
+                # ramp is steeper than the motion's, so moved pixels are not ghosted by still ones.
+                self._head_alpha = np.maximum(np.minimum(self._head_warp.weight * 4.0, 1.0),
+                                              lower_face_mask(lm, (h, w)))
+            # The mouth's warp and the head's motion are composed into one map, so the photo is
+            # resampled once; everything drawn afterwards goes where the head has moved to.
+            hw = self._head_warp
+            m = self.head.transform(task.out_index, lm.mean(0), iod)
+            maps = hw.maps(m, region_map((h, w), lm, moved, region))
+            lm, moved = apply_affine(m, lm), apply_affine(m, moved)
+            warped = hw.resample(task.crop, maps, feature_boxes(moved, iod))
+            alpha = self._head_alpha
         extra = dst_gap - max(src_gap, 1.5)
         if extra > 0.01 * iod:
             strength = float(np.clip(extra / (0.06 * iod), 0.0, 1.0))
@@ -165,18 +191,28 @@ def blink(img: np.ndarray, lm: np.ndarray, closure: float) -> tuple[np.ndarray, 
 def warp_piecewise_affine(img: np.ndarray, src: np.ndarray, dst: np.ndarray, region: np.ndarray,
                           points: list[int] | None = None) -> np.ndarray:
     """Warp ``img`` so that points ``src`` land on ``dst``, inside ``region`` (a polygon); identity outside."""
-    h, w = img.shape[:2]
+    found = region_map(img.shape[:2], src, dst, region, points)
+    if found is None:
+        return img.copy()
+    m, (x0, y0, x1, y1) = found
+    out = img.copy()
+    out[y0:y1, x0:x1] = cv2.remap(img, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out
+
+
+def region_map(shape: tuple[int, ...], src: np.ndarray, dst: np.ndarray, region: np.ndarray,
+               points: list[int] | None = None) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+    """The :func:`piecewise_affine_map` of ``region``'s bounding box within an image of ``shape``,
+    and that box; None when there is nothing to warp."""
+    h, w = shape[:2]
     poly = cv2.convexHull(region.astype(np.float32)).reshape(-1, 2)
     x0, y0 = np.floor(np.maximum(poly.min(0), 0)).astype(int)
     x1, y1 = np.ceil(np.minimum(poly.max(0), [w - 1, h - 1])).astype(int) + 1
     if x1 - x0 < 2 or y1 - y0 < 2:
-        return img.copy()
-    m = piecewise_affine_map(src, dst, region, (x0, y0, x1, y1), points)
-    if m is None:
-        return img.copy()
-    out = img.copy()
-    out[y0:y1, x0:x1] = cv2.remap(img, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return out
+        return None
+    box = (int(x0), int(y0), int(x1), int(y1))
+    m = piecewise_affine_map(src, dst, region, box, points)
+    return None if m is None else (m, box)
 
 
 def piecewise_affine_maps(src: np.ndarray, dst: np.ndarray, region: np.ndarray, box: tuple[int, int, int, int],
