@@ -102,7 +102,9 @@ class VideoWriter:
     def _setup(self, s: av.video.stream.VideoStream) -> None:
         s.width, s.height = self.width, self.height
         s.pix_fmt = "yuv420p"
-        s.codec_context.color_range = 1  # AVCOL_RANGE_MPEG: frames are decoded into the video range
+        # AVCOL_RANGE_MPEG: frames are decoded into the video range (x264 writes no flag for it: players
+        # assume it anyway).
+        s.codec_context.color_range = 1
         s.codec_context.time_base = Fraction(1, 1) / self.fps
 
     def _audio_source(self) -> Iterator[av.AudioFrame]:
