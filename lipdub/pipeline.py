@@ -27,7 +27,14 @@ from lipdub.face.analyse import analyse_template
 from lipdub.face.avatar import Avatar, default_cache_root
 from lipdub.face.cache import avatars_root
 from lipdub.media.audio import load_audio
-from lipdub.media.decode import TemplateFrames, load_image, output_size, pingpong_indices, put_unless_stopped
+from lipdub.media.decode import (
+    TemplateFrames,
+    load_image,
+    output_size,
+    pingpong_indices,
+    put_unless_stopped,
+    yuv_colour,
+)
 from lipdub.media.encode import VideoWriter, nvenc_available
 from lipdub.media.encode import quality as quality_preset
 from lipdub.media.frames import OutputFrame, Overlay
@@ -127,7 +134,7 @@ def generate(audio: str | os.PathLike, face: str | os.PathLike, out: str | os.Pa
 
     width, height = output_size(f_info)
     writer = VideoWriter(out, width, height, out_fps, a_info, quality, use_nvenc=dev.kind == "cuda"
-                         and nvenc_available())
+                         and nvenc_available(), colour=yuv_colour(f_info))
     missing = 0
     try:
         source = _template_frames(f_info, out_fps, avatar, indices)

@@ -302,3 +302,39 @@ def test_full_range_pictures_and_videos_keep_their_colours(tmp_path) -> None:
         assert np.abs(shown.astype(int) - truth[k].astype(int)).mean() < 1.5
         y = frame[:512]
         assert y.min() >= 16 and y.max() <= 235
+
+
+def test_output_carries_the_colour_tags_of_its_frames(tmp_path) -> None:
+    """A BT.709-tagged template's output is tagged BT.709, an untagged one's stays untagged, and a photo's
+    is tagged with the BT.601 matrix its pixels were converted with (untagged, a player would take an
+    HD picture for BT.709 and shift its colours)."""
+    from lipdub.media.decode import yuv_colour
+    from lipdub.media.encode import VideoWriter
+
+    tagged = tmp_path / "bt709.mp4"
+    with av.open(str(media("katie_talk_512.mp4"))) as inp, av.open(str(tagged), "w") as out:
+        st = out.add_stream("libx264", rate=25)
+        st.width, st.height, st.pix_fmt = 512, 512, "yuv420p"
+        st.codec_context.colorspace = st.codec_context.color_primaries = st.codec_context.color_trc = 1
+        for k, frame in enumerate(inp.decode(video=0)):
+            if k >= 3:
+                break
+            frame.pts = None
+            for p in st.encode(frame):
+                out.mux(p)
+        for p in st.encode(None):
+            out.mux(p)
+    assert yuv_colour(probe(tagged)) == (1, 1, 1)
+    assert yuv_colour(probe(media("katie_talk_512.mp4"))) == (2, 2, 2)
+    assert yuv_colour(probe(media("portrait_624.jpg")))[0] == 5  # JPEG's own BT.601 (BT470BG) matrix
+    assert yuv_colour(probe(media("portrait_474.png")))[0] == 6  # RGB, converted with BT.601 (SMPTE170M)
+
+    audio = probe(media("en_radio_8s.wav"))
+    frame = np.full((96, 64), 128, np.uint8)
+    for colour in ((1, 1, 1), (2, 2, 2), (6, 2, 2)):
+        writer = VideoWriter(tmp_path / "out.mp4", 64, 64, Fraction(25), audio, "fast", colour=colour)
+        writer.write(frame)
+        writer.close()
+        with av.open(str(tmp_path / "out.mp4")) as c:
+            cc = c.streams.video[0].codec_context
+            assert (cc.colorspace, cc.color_primaries, cc.color_trc) == colour

@@ -32,6 +32,20 @@ def output_size(info: MediaInfo) -> tuple[int, int]:
     return info.width - info.width % 2, info.height - info.height % 2
 
 
+BT601 = 6  # AVCOL_SPC_SMPTE170M: the matrix FFmpeg converts RGB pictures to YUV with
+RGB = 0  # AVCOL_SPC_RGB
+
+
+def yuv_colour(info: MediaInfo) -> tuple[int, int, int]:
+    """Colour tags (matrix, primaries, transfer) of the I420 frames decoded from ``info``: a video's own
+    (unspecified stays unspecified), and BT.601's matrix for photos and RGB video, which FFmpeg
+    converts with it."""
+    matrix, primaries, transfer = info.colour
+    if info.kind == "image" or matrix == RGB:
+        return BT601 if matrix in (RGB, 2) else matrix, primaries, transfer
+    return matrix, primaries, transfer
+
+
 def is_full_range(frame: av.VideoFrame) -> bool:
     """YUV samples spanning 0-255 (JPEG range) rather than the video range 16-235."""
     name = frame.format.name

@@ -58,8 +58,10 @@ class VideoWriter:
     """
 
     def __init__(self, out: str | os.PathLike, width: int, height: int, fps: Fraction, audio: MediaInfo,
-                 quality_name: str = "balanced", use_nvenc: bool = False) -> None:
+                 quality_name: str = "balanced", use_nvenc: bool = False,
+                 colour: tuple[int, int, int] = (2, 2, 2)) -> None:
         self.out = Path(out)
+        self.colour = colour
         self.tmp = self.out.with_name(f".{self.out.stem}.partial{os.getpid()}.mp4")
         self.fps = fps
         self.width, self.height = width, height
@@ -102,9 +104,13 @@ class VideoWriter:
     def _setup(self, s: av.video.stream.VideoStream) -> None:
         s.width, s.height = self.width, self.height
         s.pix_fmt = "yuv420p"
-        # AVCOL_RANGE_MPEG: frames are decoded into the video range (x264 writes no flag for it: players
-        # assume it anyway).
-        s.codec_context.color_range = 1
+        s.codec_context.color_range = 1  # AVCOL_RANGE_MPEG: frames are decoded into the video range
+        # The frames' YUV is the template's own (or, for a photo, BT.601's): tagged as such, a player
+        # does not guess the matrix from the picture size (BT.709 for HD) and shift the colours.
+        cc = s.codec_context
+        for name, value in zip(("colorspace", "color_primaries", "color_trc"), self.colour, strict=True):
+            if value != 2:
+                setattr(cc, name, value)
         s.codec_context.time_base = Fraction(1, 1) / self.fps
 
     def _audio_source(self) -> Iterator[av.AudioFrame]:

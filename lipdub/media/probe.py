@@ -41,6 +41,9 @@ class MediaInfo:
     audio_codec: str = ""
     sample_rate: int = 0
     channels: int = 0
+    # Colour tags of the video stream as FFmpeg numbers them (AVCOL_SPC_*, AVCOL_PRI_*, AVCOL_TRC_*):
+    # the YUV matrix, primaries and transfer; 2 is unspecified.
+    colour: tuple[int, int, int] = (2, 2, 2)
 
 
 def probe(path: str | os.PathLike, limits: Limits | None = None) -> MediaInfo:
@@ -88,13 +91,25 @@ def probe(path: str | os.PathLike, limits: Limits | None = None) -> MediaInfo:
             fps = Fraction(0) if is_image else _fps(v)
             frames = 1 if is_image else int(v.frames or round(duration * float(fps)))
             info.update(kind="image" if is_image else "video", width=w, height=h, fps=fps, frames_estimate=frames,
-                        rotation=rotation, video_codec=cc.name, duration=0.0 if is_image else duration)
+                        rotation=rotation, video_codec=cc.name, duration=0.0 if is_image else duration,
+                        colour=_colour_tags(cc))
         elif astreams:
             info["kind"] = "audio"
             _check_pcm_length(p, astreams[0])
         else:
             raise InputError(f"{p.name} holds neither audio nor video.")
     return MediaInfo(**info)
+
+
+def _colour_tags(cc: av.codec.context.CodecContext) -> tuple[int, int, int]:
+    tags = []
+    for name in ("colorspace", "color_primaries", "color_trc"):
+        try:
+            value = int(getattr(cc, name))
+        except (AttributeError, TypeError, ValueError):
+            value = 2
+        tags.append(value if 0 <= value < 256 else 2)
+    return tags[0], tags[1], tags[2]
 
 
 def _check_pcm_length(p: Path, stream: av.stream.Stream) -> None:
