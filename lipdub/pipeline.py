@@ -145,6 +145,8 @@ def generate(audio: str | os.PathLike, face: str | os.PathLike, out: str | os.Pa
     except BaseException:
         writer.abort()
         raise
+    finally:
+        renderer.close()  # its files (the mouth bank) are not held until the garbage collector comes
     if missing:
         log.warning("No face on %d of %d output frames; they show the template unchanged.", missing, n_out)
     seconds = time.monotonic() - started

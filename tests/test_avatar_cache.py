@@ -13,7 +13,7 @@ from conftest import cut_audio, cut_video, media, run_cli
 
 from lipdub.errors import InputError
 from lipdub.face.analyse import analyse_template
-from lipdub.face.cache import USED_MARK, avatars_root, budget_bytes, cached_avatars, prune
+from lipdub.face.cache import USED_MARK, avatars_root, budget_bytes, cached_avatars, mark_used, prune
 from lipdub.media.probe import probe
 from lipdub.pipeline import generate
 from lipdub.render import bank as bank_mod
@@ -39,7 +39,8 @@ def _set_last_use(folder: Path, ago: float) -> None:
 def test_prune_removes_the_least_recently_used_first_and_spares_avatars_in_use(tmp_path: Path) -> None:
     oldest = _avatar_folder(tmp_path, "a", 100, used_ago=3 * 86400)
     unmarked = _avatar_folder(tmp_path, "b", 100, used_ago=None)  # from before marks: its files' age
-    os.utime(unmarked / "bank" / "images.u8", (time.time() - 86400, time.time() - 86400))
+    for path in (unmarked / "bank" / "images.u8", unmarked):
+        os.utime(path, (time.time() - 86400, time.time() - 86400))
     older = _avatar_folder(tmp_path, "c", 100, used_ago=2 * 3600)
     busy = _avatar_folder(tmp_path, "d", 100, used_ago=60)  # a running job's
     kept = _avatar_folder(tmp_path, "e", 100, used_ago=5 * 86400)  # the caller's own
@@ -127,3 +128,26 @@ def test_cache_command_lists_prunes_and_clears(tmp_path: Path) -> None:
     assert cleared.returncode == 0, cleared.stderr
     assert not old.exists() and new.exists()  # used a moment ago: perhaps by a running job
     assert "1 avatar(s)" in cleared.stderr
+
+
+def test_prune_spares_an_avatar_marked_after_it_was_listed_and_sweeps_cut_removals(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job may start using an avatar between prune's listing and its removal: the mark is read again
+    just before, and the avatar stays. A folder just made (empty, unmarked) does not look ancient, and
+    a removal cut short by a killed process is finished."""
+    from lipdub.face import cache as cache_mod
+
+    old = _avatar_folder(tmp_path, "old", 100, used_ago=3 * 86400)
+    listed = cached_avatars(tmp_path)
+    mark_used(old)  # a job takes it now
+    monkeypatch.setattr(cache_mod, "cached_avatars", lambda root: listed)
+    assert prune(tmp_path, 1) == [] and old.exists()
+    monkeypatch.undo()
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    cut = tmp_path / ".removing-gone-123"
+    (cut / "bank").mkdir(parents=True)
+    _set_last_use(old, 3 * 86400)
+    assert [a.folder for a in prune(tmp_path, 1)] == [old]
+    assert fresh.exists() and not cut.exists()

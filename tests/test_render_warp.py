@@ -137,9 +137,67 @@ def test_a_photo_moves_its_head_slightly_and_smoothly_and_its_background_stays(t
     open_eyes = [f for k, f in enumerate(frames) if blink_closure(k, 25.0) == 0]
     assert min(sharpness(f) for f in open_eyes) > 0.7 * sharpness(frames[0])
 
+    # The motion fades out towards the face crop's edge: its outermost pixels, and everything beyond,
+    # are the photo's own (the encoder's loss only), so no seam shows around the moving head.
     bx0, by0, bx1, by1 = face_box(lm, photo.shape[1], photo.shape[0])
     outside = np.ones(photo.shape[:2], bool)
     outside[by0:by1, bx0:bx1] = False
-    for f in frames[::10]:
-        mse = float(np.mean((f[outside].astype(np.float64) - photo[outside]) ** 2))
-        assert 10 * np.log10(255 ** 2 / max(mse, 1e-9)) > 38.0  # the encoder's loss only
+    ring = ~outside
+    ring[by0 + 3:by1 - 3, bx0 + 3:bx1 - 3] = False
+    moving = max(range(len(frames)), key=lambda k: np.hypot(*shifts[k]))
+    for f in [*frames[::10], frames[moving]]:
+        for still in (outside, ring):
+            mse = float(np.mean((f[still].astype(np.float64) - photo[still]) ** 2))
+            assert 10 * np.log10(255 ** 2 / max(mse, 1e-9)) > 38.0
+
+
+def _oval_landmarks(cx: float, cy: float, rx: float, ry: float, n: int = 60) -> np.ndarray:
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    return np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)], 1).astype(np.float32)
+
+
+def test_head_warp_maps_are_the_exact_motion_on_the_face_and_still_at_the_crop_edge() -> None:
+    """On the face every pixel pulls from exactly where the moved head has it (the inverse transform),
+    the crop's edge does not move, and a warp done first (the mouth's) is composed in: p pulls from
+    warp(q). Checked against a per-pixel computation."""
+    from lipdub.render.head import HeadWarp
+
+    h, w = 240, 200
+    hw = HeadWarp(_oval_landmarks(100, 115, 55, 70), (h, w))
+    a = 0.012
+    m = np.array([[np.cos(a), -np.sin(a), 2.3], [np.sin(a), np.cos(a), -1.7]])
+    m[:, 2] += np.array([100, 115]) - m[:, :2] @ np.array([100, 115])  # roll about the face's centre
+    assert np.allclose(hw.limited(m), m)  # plenty of room around this face
+    mx, my = hw.maps(m)
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+    inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
+    ex, ey = inv[0, 0] * gx + inv[0, 1] * gy + inv[0, 2], inv[1, 0] * gx + inv[1, 1] * gy + inv[1, 2]
+    face = hw.weight == 1.0
+    assert np.abs(mx - ex)[face].max() < 0.05 and np.abs(my - ey)[face].max() < 0.05
+    edge = np.ones((h, w), bool)
+    edge[1:-1, 1:-1] = False
+    assert np.abs(mx - gx)[edge].max() < 0.05 and np.abs(my - gy)[edge].max() < 0.05
+
+    # A smooth warp over a box, identity on the box's edge: 4 px down at its centre.
+    x0, y0, x1, y1 = 60, 120, 140, 200
+    bx, by = np.meshgrid(np.arange(x0, x1, dtype=np.float32), np.arange(y0, y1, dtype=np.float32))
+    bump = 4.0 * np.sin(np.pi * (bx - x0) / (x1 - 1 - x0)) * np.sin(np.pi * (by - y0) / (y1 - 1 - y0))
+    warp = np.dstack([bx, by - bump]).astype(np.float32)
+    cx, cy = hw.maps(m, (warp, (x0, y0, x1, y1)))
+    inside = (mx >= x0) & (mx <= x1 - 1) & (my >= y0) & (my <= y1 - 1)
+    want_y = np.where(inside, my - 4.0 * np.sin(np.pi * (mx - x0) / (x1 - 1 - x0))
+                      * np.sin(np.pi * (my - y0) / (y1 - 1 - y0)), my)
+    assert np.abs(cx - mx).max() < 0.05  # the warp moves nothing sideways
+    assert np.abs(cy - want_y).max() < 0.35  # sampled every 4 px and interpolated
+    assert np.abs(cy - my).max() > 3.5  # and it is there
+
+
+def test_a_face_cut_by_the_crop_edge_does_not_move() -> None:
+    from lipdub.render.head import HeadWarp
+
+    hw = HeadWarp(_oval_landmarks(100, 60, 55, 70), (240, 200))  # the oval runs off the top
+    m = np.array([[1.0, 0.0, 2.0], [0.0, 1.0, 1.0]])
+    assert np.allclose(hw.limited(m), np.eye(2, 3))
+    mx, my = hw.maps(hw.limited(m))
+    gx, gy = np.meshgrid(np.arange(200, dtype=np.float32), np.arange(240, dtype=np.float32))
+    assert np.abs(mx - gx).max() < 1e-4 and np.abs(my - gy).max() < 1e-4

@@ -74,12 +74,21 @@ def cached_avatars(root: Path) -> list[CachedAvatar]:
         return []
     for folder in folders:
         size, newest = _tree_size(folder)
-        try:
-            used = (folder / USED_MARK).stat().st_mtime
-        except OSError:
-            used = newest  # written before avatars were marked: its newest file is the best guess
-        found.append(CachedAvatar(folder, size, used))
+        found.append(CachedAvatar(folder, size, _last_used(folder, newest)))
     return sorted(found, key=lambda a: a.last_used)
+
+
+def _last_used(folder: Path, newest_file: float) -> float:
+    try:
+        return (folder / USED_MARK).stat().st_mtime
+    except OSError:
+        pass
+    # Unmarked: written before avatars were marked, or being created right now. Its newest file, or
+    # the folder itself (a folder made a moment ago, still empty, must not look ancient).
+    try:
+        return max(newest_file, folder.stat().st_mtime)
+    except OSError:
+        return newest_file
 
 
 def prune(root: Path, max_bytes: int, keep: tuple[Path, ...] = (), in_use_s: float = IN_USE_S) -> list[CachedAvatar]:
@@ -87,6 +96,8 @@ def prune(root: Path, max_bytes: int, keep: tuple[Path, ...] = (), in_use_s: flo
     (0: no limit); never those in ``keep`` or used within ``in_use_s``. Returns the ones removed."""
     if max_bytes <= 0:
         return []
+    for left in root.glob(".removing-*"):  # a removal cut short by a killed process
+        shutil.rmtree(left, ignore_errors=True)
     avatars = cached_avatars(root)
     total = sum(a.bytes for a in avatars)
     if total <= max_bytes:
@@ -99,8 +110,7 @@ def prune(root: Path, max_bytes: int, keep: tuple[Path, ...] = (), in_use_s: flo
             break
         if a.folder.resolve() in kept or now - a.last_used < in_use_s:
             continue
-        shutil.rmtree(a.folder, ignore_errors=True)
-        if not a.folder.exists():
+        if _remove(a.folder, in_use_s):
             total -= a.bytes
             removed.append(a)
     if removed:
@@ -110,6 +120,20 @@ def prune(root: Path, max_bytes: int, keep: tuple[Path, ...] = (), in_use_s: flo
         log.warning("The avatar cache holds %.1f GB, over its %.1f GB budget, but the rest is in use; set %s "
                     "higher or free some disk space.", total / GB, max_bytes / GB, MAX_GB_ENV)
     return removed
+
+
+def _remove(folder: Path, in_use_s: float) -> bool:
+    """Remove an avatar folder unless a job has marked it since it was listed. It is renamed first
+    (atomic), so a job never finds it half-removed: either it is there whole, or it is gone."""
+    if time.time() - _last_used(folder, 0.0) < in_use_s:
+        return False
+    trash = folder.with_name(f".removing-{folder.name}-{os.getpid()}")
+    try:
+        os.replace(folder, trash)
+    except OSError:
+        return False  # gone already, or in use where the OS will not let it go
+    shutil.rmtree(trash, ignore_errors=True)
+    return True
 
 
 def _tree_size(folder: Path) -> tuple[int, float]:

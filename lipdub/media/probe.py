@@ -108,8 +108,11 @@ def _colour_tags(cc: av.codec.context.CodecContext) -> tuple[int, int, int]:
             value = int(getattr(cc, name))
         except (AttributeError, TypeError, ValueError):
             value = 2
-        tags.append(value if 0 <= value < 256 else 2)
-    return tags[0], tags[1], tags[2]
+        tags.append(value)
+    matrix, primaries, transfer = tags
+    # 3 is reserved in all three tables, and 0 too for primaries and transfer: treated as unspecified.
+    return (matrix if 0 <= matrix < 256 and matrix != 3 else 2, primaries if 0 < primaries < 256 and primaries != 3
+            else 2, transfer if 0 < transfer < 256 and transfer != 3 else 2)
 
 
 def _check_pcm_length(p: Path, stream: av.stream.Stream) -> None:

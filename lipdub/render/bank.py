@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from lipdub.face.avatar import Avatar
-from lipdub.face.cache import budget_bytes, prune
+from lipdub.face.cache import budget_bytes, mark_used, prune
 from lipdub.face.landmarks import LIPS_INNER_LOWER, LIPS_INNER_UPPER, eye_centres, inter_ocular, lip_gap
 from lipdub.media.decode import VideoDecoder, prefetched
 from lipdub.media.frames import crop_bgr, crop_i420, frame_size, planes
@@ -85,7 +85,8 @@ class BankImages:
             os.close(fd)
 
     def __del__(self) -> None:
-        self.close()
+        if getattr(self, "_fd", None) is not None:  # absent when the open itself failed
+            self.close()
 
 
 def entry_bytes(h: int, w: int) -> int:
@@ -283,6 +284,7 @@ class BankWriter:
             (self.tmp / "info.json").write_text(json.dumps({"version": BANK_VERSION, "key": avatar.key,
                                                             "bytes": self._end}))
             shutil.rmtree(folder, ignore_errors=True)
+            folder.parent.mkdir(parents=True, exist_ok=True)  # in case the avatar was pruned meanwhile
             os.replace(self.tmp, folder)
         except BaseException:
             self.discard()
@@ -344,9 +346,9 @@ def load_bank(avatar: Avatar, folder: Path) -> MouthBank | None:
             return None
         with np.load(folder / "meta.npz") as z:
             d = {k: z[k] for k in z.files}
+        images = BankImages(folder / "images.u8", d["offset"], d["shape"])
     except (OSError, ValueError, KeyError):
         return None
-    images = BankImages(folder / "images.u8", d["offset"], d["shape"])
     return MouthBank(d["frames"], images, d["origin"], d["gap"], d["width"], d["round"], d["teeth"], d["pose"],
                      d["light"])
 
@@ -354,6 +356,8 @@ def load_bank(avatar: Avatar, folder: Path) -> MouthBank | None:
 def mouth_bank(avatar: Avatar, info: MediaInfo) -> MouthBank:
     """The avatar's mouth bank, from its cache when it was built before."""
     folder = bank_folder(avatar)
+    if avatar.cache_dir.is_dir():
+        mark_used(avatar.cache_dir)  # again: the speech analysis may have taken long since the face's
     bank = load_bank(avatar, folder)
     if bank is not None:
         log.info("Mouth bank found in the avatar cache (%d frames).", len(bank))

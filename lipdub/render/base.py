@@ -135,3 +135,6 @@ class Renderer(ABC):
     @abstractmethod
     def render(self, tasks: list[FrameTask]) -> list[RenderedCrop]:
         """Render a batch of consecutive output frames."""
+
+    def close(self) -> None:  # noqa: B027 - optional: most engines hold nothing open
+        """Let go of what rendering held open (files, device memory); the job is over."""

@@ -104,6 +104,11 @@ class HeadWarp:
         t[hull > 0] = 1.0
         t[inside == 0] = 0.0
         self.weight = (t * t * (3 - 2 * t)).astype(np.float32)
+        # A face cut by the frame (or very near its edge) has no room for the motion to fade out in:
+        # it moves at most half the gap between the face and the crop's edge, so not at all when cut.
+        x, y, bw, bh = cv2.boundingRect(points)
+        self.room = 0.5 * max(0.0, float(min(x, y, w - (x + bw), h - (y + bh))))
+        self.face_corners = np.array([[x, y], [x + bw, y], [x, y + bh], [x + bw, y + bh]], np.float64)
         self.gx, self.gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
         # The displacement is smooth: computed on a grid GRID times coarser whose samples sit where
         # cv2.resize by GRID puts them (coarse sample k at fine (k + 0.5) * GRID - 0.5), then resized.
@@ -113,19 +118,35 @@ class HeadWarp:
         self._cx, self._cy = np.meshgrid(xs, ys)
         self._cw = cv2.resize(self.weight, (wc, hc), interpolation=cv2.INTER_AREA)
 
+    def limited(self, m: np.ndarray) -> np.ndarray:
+        """``m`` (2x3), or less of it where the face's corners would travel further than there is room
+        for the motion to fade out in (a face cut by the frame does not move at all)."""
+        d = m[:, :2] - np.eye(2)
+        travel = float(np.linalg.norm(self.face_corners @ d.T + m[:, 2], axis=1).max())
+        if travel <= self.room:
+            return m
+        scale = self.room / travel
+        out = m.astype(np.float64).copy()
+        out[:, :2] = np.eye(2) + scale * d
+        out[:, 2] = scale * m[:, 2]
+        return out
+
     def maps(self, m: np.ndarray, warp: tuple[np.ndarray, tuple[int, int, int, int]] | None = None
              ) -> tuple[np.ndarray, np.ndarray]:
         """cv2.remap maps (x, y) showing the head moved by ``m`` (2x3), each pixel by its share of the
-        motion: pixel p pulls from q = p - weight(p) * (m(p) - p), exact to first order in the motion.
+        motion: pixel p pulls from q = p + weight(p) * (m^-1(p) - p).
 
         ``warp`` (a cv2.remap map over a box (x0, y0, x1, y1), identity elsewhere and on the box's
         edge) is done first, composed into the same maps: p pulls from warp(q) when q is in the box.
         Both are computed on the coarse grid and resized; the warp's own map is no finer than that.
         """
         h, w = self.shape
-        a = m[:, :2] - np.eye(2)
-        qx = self._cx - self._cw * (a[0, 0] * self._cx + a[0, 1] * self._cy + m[0, 2])
-        qy = self._cy - self._cw * (a[1, 0] * self._cx + a[1, 1] * self._cy + m[1, 2])
+        # The pull of the moved face is the inverse transform: exact where the weight is 1 (the face),
+        # a blend towards the identity where the motion fades out.
+        inv = cv2.invertAffineTransform(m)
+        a, t = inv[:, :2] - np.eye(2), inv[:, 2]
+        qx = self._cx + self._cw * (a[0, 0] * self._cx + a[0, 1] * self._cy + t[0])
+        qy = self._cy + self._cw * (a[1, 0] * self._cx + a[1, 1] * self._cy + t[1])
         qx, qy = qx.astype(np.float32), qy.astype(np.float32)
         if warp is not None:
             grid, (x0, y0, x1, y1) = warp

@@ -164,6 +164,11 @@ class RetrievalRenderer(Renderer):
         cand, cost = candidates(targets, bank, base, base_pose, c)
         return viterbi(cand, cost, bank, targets.speech, c), targets
 
+    def close(self) -> None:
+        # The bank's file is open: a long-running worker must not keep a pruned bank's gigabytes on disk.
+        if getattr(self, "bank", None) is not None:
+            self.bank.images.close()
+
     def render(self, tasks: list[FrameTask]) -> list[RenderedCrop]:
         if self.bank is None:
             return self.warp.render(tasks)

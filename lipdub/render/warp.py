@@ -137,7 +137,7 @@ class WarpRenderer(Renderer):
             # The mouth's warp and the head's motion are composed into one map, so the photo is
             # resampled once; everything drawn afterwards goes where the head has moved to.
             hw = self._head_warp
-            m = self.head.transform(task.out_index, lm.mean(0), iod)
+            m = hw.limited(self.head.transform(task.out_index, lm.mean(0), iod))
             maps = hw.maps(m, region_map((h, w), lm, moved, region))
             lm, moved = apply_affine(m, lm), apply_affine(m, moved)
             warped = hw.resample(task.crop, maps, feature_boxes(moved, iod))
