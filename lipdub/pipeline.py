@@ -85,8 +85,11 @@ def generate(audio: str | os.PathLike, face: str | os.PathLike, out: str | os.Pa
              device: str | Device = "auto", engine: str = "auto", quality: str = "balanced",
              fps: float | None = None, text: str | None = None, weights: str | os.PathLike | None = None,
              cache_dir: str | os.PathLike | None = None, progress: ProgressCallback | None = None,
-             cancel: threading.Event | None = None, limits: Limits | None = None) -> Result:
+             cancel: threading.Event | None = None, limits: Limits | None = None,
+             head_motion: bool = True) -> Result:
     """Make the face in ``face`` (video or photo) speak ``audio``; write an MP4 to ``out``.
+
+    ``head_motion`` False keeps a photo's head still (only its mouth and eyes move).
 
     ``limits`` bounds the inputs (size, duration, resolution); the defaults suit interactive use."""
     started = time.monotonic()
@@ -120,7 +123,9 @@ def generate(audio: str | os.PathLike, face: str | os.PathLike, out: str | os.Pa
     _check_cancel(cancel)
 
     engine_name = engine_for(engine, avatar)
-    options = {"weights": str(weights)} if weights else {}
+    options: dict = {"weights": str(weights)} if weights else {}
+    if not head_motion:
+        options["head_motion"] = False
     renderer = create_renderer(engine_name, dev, **options)
     indices = pingpong_indices(n_out, avatar.n_frames)
     ctx = RenderContext(avatar=avatar, mouth=mouth, audio=clip, fps=float(out_fps), template_indices=indices,

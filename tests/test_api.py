@@ -80,9 +80,10 @@ def test_validation_happens_before_anything_is_queued(client, media):
 
 def test_single_job_end_to_end(client, media):
     r = client.post("/api/v1/jobs", files=_files(audio=media["audio"], face=media["photo"]),
-                    data={"quality": "balanced"})
+                    data={"quality": "balanced", "head_motion": "false"})
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
+    assert client.get(f"/api/v1/jobs/{job_id}").json()["options"]["head_motion"] is False
     assert r.json()["status"] == "queued"
     seen_progress = wait_job(client, job_id, check=lambda j: j["status"] == "running" and j["progress"] > 0)
     if seen_progress["status"] == "running":

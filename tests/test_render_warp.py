@@ -91,39 +91,50 @@ def _down(lm: np.ndarray) -> np.ndarray:
     return np.array([-ex[1], ex[0]], np.float32)
 
 
-@needs_media
-def test_a_photo_moves_its_head_slightly_and_smoothly_and_its_background_stays(tmp_path) -> None:
-    """A speaking photo sways and nods a little: its eyes move by a pixel or two (never by more than
-    a tenth of the eye distance, never jumping), the first frame is the photo, the picture stays as
-    sharp, and beyond the face crop the photo's pixels are untouched."""
+def _photo_output(tmp_path, *cli: str) -> tuple:
+    """Frames of ``lipdub generate`` (through the CLI) on portrait_624.jpg with 4 s of speech, the photo,
+    its landmarks, the eye region's box and the eye region's shift on every frame."""
     from fractions import Fraction
 
     import av
     import cv2
-    from conftest import cut_audio
+    from conftest import cut_audio, run_cli
 
     from lipdub.face.analyse import analyse_template
     from lipdub.face.landmarks import inter_ocular
     from lipdub.media.probe import probe
-    from lipdub.pipeline import face_box, generate
 
     photo_path = media("portrait_624.jpg")
     speech = cut_audio(media("en_radio_8s.wav"), tmp_path / "speech.wav", 4.0)
-    generate(speech, photo_path, tmp_path / "out.mp4", device="cpu")
+    done = run_cli("generate", "--audio", str(speech), "--face", str(photo_path), "-o", str(tmp_path / "out.mp4"),
+                   "--device", "cpu", *cli)
+    assert done.returncode == 0, done.stderr
     with av.open(str(tmp_path / "out.mp4")) as c:
         frames = [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
     photo = cv2.imread(str(photo_path))
     lm = analyse_template(probe(photo_path), Fraction(25)).landmarks[0]
     iod = float(inter_ocular(lm))
     le, re = eye_centres(lm)
-    x0, x1 = int(min(le[0], re[0]) - 0.4 * iod), int(max(le[0], re[0]) + 0.4 * iod)
-    y0, y1 = int(le[1] - 0.35 * iod), int(le[1] + 0.35 * iod)
+    box = (int(min(le[0], re[0]) - 0.4 * iod), int(le[1] - 0.35 * iod), int(max(le[0], re[0]) + 0.4 * iod),
+           int(le[1] + 0.35 * iod))
 
     def grey(img: np.ndarray) -> np.ndarray:
-        return cv2.cvtColor(img[y0:y1, x0:x1], cv2.COLOR_BGR2GRAY).astype(np.float32)
+        return cv2.cvtColor(img[box[1]:box[3], box[0]:box[2]], cv2.COLOR_BGR2GRAY).astype(np.float32)
 
-    eyes = grey(photo)
-    shifts = np.array([cv2.phaseCorrelate(eyes, grey(f))[0] for f in frames])
+    shifts = np.array([cv2.phaseCorrelate(grey(photo), grey(f))[0] for f in frames])
+    return frames, photo, lm, iod, grey, shifts
+
+
+@needs_media
+def test_a_photo_moves_its_head_slightly_and_smoothly_and_its_background_stays(tmp_path) -> None:
+    """A speaking photo sways and nods a little: its eyes move by a pixel or two (never by more than
+    a tenth of the eye distance, never jumping), the first frame is the photo, the picture stays as
+    sharp, and beyond the face crop the photo's pixels are untouched."""
+    import cv2
+
+    from lipdub.pipeline import face_box
+
+    frames, photo, lm, iod, grey, shifts = _photo_output(tmp_path)
     assert np.hypot(*shifts[0]) < 0.2  # the motion grows from the photo itself
     assert shifts.std(0).max() > 0.3  # it moves
     assert np.hypot(*shifts.T).max() < 0.1 * iod  # slightly
@@ -149,6 +160,13 @@ def test_a_photo_moves_its_head_slightly_and_smoothly_and_its_background_stays(t
         for still in (outside, ring):
             mse = float(np.mean((f[still].astype(np.float64) - photo[still]) ** 2))
             assert 10 * np.log10(255 ** 2 / max(mse, 1e-9)) > 38.0
+
+
+@needs_media
+def test_still_keeps_a_photos_head_still(tmp_path) -> None:
+    frames, *_, shifts = _photo_output(tmp_path, "--still")
+    open_eyes = np.array([s for k, s in enumerate(shifts) if blink_closure(k, 25.0) == 0])
+    assert np.hypot(*open_eyes.T).max() < 0.1  # the eyes stay put (the mouth and the blinks still move)
 
 
 def _oval_landmarks(cx: float, cy: float, rx: float, ry: float, n: int = 60) -> np.ndarray:

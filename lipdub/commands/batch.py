@@ -39,6 +39,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
         engine: str = typer.Option("auto"),
         quality: str = typer.Option("balanced"),
+        head_motion: bool = typer.Option(True, "--head-motion/--still", help="Photos: sway and nod slightly, or "
+                                         "keep the head still."),
         keep_going: bool = typer.Option(True, help="Go on with the next item when one fails."),
         verbose: bool = typer.Option(False, "--verbose", "-v"),
     ) -> None:
@@ -80,7 +82,7 @@ def register(app: typer.Typer) -> None:
 
                 try:
                     lipdub.generate(a, f, out_dir / name, device=device, engine=engine, quality=quality,
-                                    progress=progress)
+                                    head_motion=head_motion, progress=progress)
                 except LipdubError as e:
                     failed.append((name, str(e)))
                     log.error("%s: %s", name, e)

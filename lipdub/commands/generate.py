@@ -25,6 +25,8 @@ def register(app: typer.Typer) -> None:
         fps: float | None = typer.Option(None, help="Output frame rate (default: the template's; 25 for photos)."),
         text: str | None = typer.Option(None, help="Transcript of the speech, for precise English timing."),
         weights: Path | None = typer.Option(None, help="Checkpoint for neural engines (e.g. wav2lip.pth)."),
+        head_motion: bool = typer.Option(True, "--head-motion/--still", help="Photos: sway and nod slightly, or "
+                                         "keep the head still."),
         cache_dir: Path | None = typer.Option(None, help="Avatar cache folder (default ~/.cache/lipdub)."),
         max_audio_s: float = typer.Option(1800.0, help="Longest accepted speech, seconds (0: no limit)."),
         max_video_s: float = typer.Option(600.0, help="Longest accepted template video, seconds (0: no limit)."),
@@ -48,7 +50,7 @@ def register(app: typer.Typer) -> None:
                       TimeElapsedColumn(), TimeRemainingColumn(), transient=True) as bar:
             task = bar.add_task("lipdub", total=1.0, stage="starting")
             result = run(audio, face, output, device=device, engine=engine, quality=quality, fps=fps, text=text,
-                         weights=weights, cache_dir=cache_dir, limits=limits,
+                         weights=weights, cache_dir=cache_dir, limits=limits, head_motion=head_motion,
                          progress=lambda p: bar.update(task, completed=p.fraction, stage=p.stage))
         log.info("Done: %s (%.2f s of video, %d frames, %.1f s)", result.output, result.duration, result.frames,
                  result.seconds)

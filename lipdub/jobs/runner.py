@@ -79,7 +79,8 @@ def run_job(job_id: str, store: JobStore, storage: Storage, *, token: str, devic
     try:
         result = lipdub.generate(audio, face, partial, device=device, engine=opts.get("engine") or "auto",
                                  quality=opts.get("quality") or "balanced", fps=opts.get("fps"),
-                                 text=opts.get("text"), progress=on_progress, cancel=cancel)
+                                 text=opts.get("text"), head_motion=opts.get("head_motion", True),
+                                 progress=on_progress, cancel=cancel)
         ok = True
     except Exception as e:
         from lipdub.pipeline import Cancelled

@@ -244,9 +244,11 @@ class Studio:
 
     # -- jobs ------------------------------------------------------------------------------------
 
-    def _options(self, engine: str | None, quality: str | None) -> dict[str, Any]:
+    def _options(self, engine: str | None, quality: str | None, head_motion: bool | None = None) -> dict[str, Any]:
         """Check engine and quality names now, not minutes later in the render."""
         opts: dict[str, Any] = {}
+        if head_motion is not None:
+            opts["head_motion"] = bool(head_motion)
         if (e := check_option(engine, "engine")) is not None:
             if e not in engine_names():
                 raise ValidationError(f"Unknown engine '{e}'; use one of: {', '.join(engine_names())}.", "engine")
@@ -258,15 +260,16 @@ class Studio:
             opts["quality"] = q
         return opts
 
-    def submit(self, audio: Upload, face: Upload, *, engine: str | None = None, quality: str | None = None) -> Job:
+    def submit(self, audio: Upload, face: Upload, *, engine: str | None = None, quality: str | None = None,
+               head_motion: bool | None = None) -> Job:
         job = self.store.create_job(audio.key, face.key, audio_name=audio.name, face_name=face.name,
-                                    options=self._options(engine, quality))
+                                    options=self._options(engine, quality, head_motion))
         log.info("Job %s queued: %s + %s", job.id, audio.name, face.name)
         self.dispatcher.notify()
         return job
 
     def submit_batch(self, audios: list[Upload], faces: list[Upload], *, engine: str | None = None,
-                     quality: str | None = None) -> tuple[str, list[Job]]:
+                     quality: str | None = None, head_motion: bool | None = None) -> tuple[str, list[Job]]:
         """One audio x many faces, or many audios x one face."""
         if not audios or not faces:
             raise ValidationError("A batch needs at least one audio and one face.", "audio" if not audios else "face")
@@ -277,7 +280,7 @@ class Studio:
         if len(pairs) > self.settings.max_batch_items:
             raise ValidationError(f"A batch holds at most {self.settings.max_batch_items} items.", mode)
         items = [(a.key, f.key, a.name, f.name) for a, f in pairs]
-        batch_id, jobs = self.store.create_batch(mode, items, self._options(engine, quality))
+        batch_id, jobs = self.store.create_batch(mode, items, self._options(engine, quality, head_motion))
         log.info("Batch %s queued: %d job(s).", batch_id, len(jobs))
         self.dispatcher.notify()
         return batch_id, jobs

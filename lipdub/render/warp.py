@@ -111,7 +111,8 @@ class WarpRenderer(Renderer):
     def prepare(self, ctx: RenderContext) -> None:
         super().prepare(ctx)
         # A photo gets a slight head motion of its own; a video template keeps the motion it has.
-        self.head = head_motion(ctx.mouth, ctx.fps) if ctx.avatar.kind == "image" else None
+        still = not self.options.get("head_motion", True)
+        self.head = head_motion(ctx.mouth, ctx.fps) if ctx.avatar.kind == "image" and not still else None
         self._head_warp: HeadWarp | None = None  # made at the first frame: it needs the crop's size
         self._head_alpha: np.ndarray | None = None
 

@@ -125,10 +125,11 @@ def health(studio: Studio = Depends(get_studio)) -> dict[str, Any]:
 def create_job(audio: UploadFile = File(..., description="Speech recording (any audio, or a video with sound)"),
                face: UploadFile = File(..., description="Template video or photo of the person"),
                engine: str | None = Form(None), quality: str | None = Form(None),
+               head_motion: bool | None = Form(None, description="Photos: sway and nod slightly (default true)"),
                studio: Studio = Depends(get_studio)) -> dict[str, Any]:
     a = _store(studio, audio, AUDIO)
     f = _store(studio, face, FACE)
-    job = studio.submit(a, f, engine=engine, quality=quality)
+    job = studio.submit(a, f, engine=engine, quality=quality, head_motion=head_motion)
     return {"id": job.id, "status": job.status, "url": f"/api/v1/jobs/{job.id}"}
 
 
@@ -193,6 +194,7 @@ def delete_job(job_id: str, studio: Studio = Depends(get_studio)) -> None:
 def create_batch(audio: UploadFile | None = File(None), faces: list[UploadFile] | None = File(None),
                  audios: list[UploadFile] | None = File(None), face: UploadFile | None = File(None),
                  engine: str | None = Form(None), quality: str | None = Form(None),
+                 head_motion: bool | None = Form(None, description="Photos: sway and nod slightly (default true)"),
                  studio: Studio = Depends(get_studio)) -> dict[str, Any]:
     audio_files = ([audio] if audio else []) + list(audios or [])
     face_files = ([face] if face else []) + list(faces or [])
@@ -205,7 +207,7 @@ def create_batch(audio: UploadFile | None = File(None), faces: list[UploadFile] 
     # a concurrent request may be about to use the same content.
     a = [_store(studio, f, AUDIO) for f in audio_files]
     fs = [_store(studio, f, FACE) for f in face_files]
-    batch_id, jobs = studio.submit_batch(a, fs, engine=engine, quality=quality)
+    batch_id, jobs = studio.submit_batch(a, fs, engine=engine, quality=quality, head_motion=head_motion)
     return {"id": batch_id, "jobs": [{"id": j.id, "status": j.status, "url": f"/api/v1/jobs/{j.id}"} for j in jobs]}
 
 

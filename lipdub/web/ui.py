@@ -133,6 +133,7 @@ def _single_tab(studio: Studio) -> None:
                 with gr.Row():
                     quality = gr.Radio(quality_names(), value="balanced", label="Quality")
                     engine = gr.Dropdown(engine_names(), value="auto", label="Engine")
+                    moving = gr.Checkbox(True, label="Photos: move the head slightly")
                 go = gr.Button("Generate", variant="primary", elem_id="single-generate")
             with gr.Column():
                 status = gr.Markdown("No job yet.", elem_id="single-status")
@@ -143,7 +144,7 @@ def _single_tab(studio: Studio) -> None:
         audio.change(lambda p: _describe(_first(p), AUDIO, studio), audio, audio_msg)
         face.change(lambda p: _describe(_first(p), FACE, studio), face, face_msg)
 
-        def run(a: Any, f: Any, q: str, e: str) -> Iterator[tuple[str, str, str]]:
+        def run(a: Any, f: Any, q: str, e: str, hm: bool) -> Iterator[tuple[str, str, str]]:
             a_path, f_path = _first(a), _first(f)
             if not a_path or not f_path:
                 yield "**Refused:** Pick a speech file and a face video or photo first.", "", ""
@@ -151,13 +152,13 @@ def _single_tab(studio: Studio) -> None:
             try:
                 up_a = studio.add_upload_path(a_path, AUDIO)
                 up_f = studio.add_upload_path(f_path, FACE)
-                job = studio.submit(up_a, up_f, quality=q, engine=e)
+                job = studio.submit(up_a, up_f, quality=q, engine=e, head_motion=hm)
             except ValidationError as e:
                 yield f"**Refused:** {e}", "", ""
                 return
             yield from _follow(studio, job.id)
 
-        go.click(run, [audio, face, quality, engine], [status, player, log_box], concurrency_limit=None)
+        go.click(run, [audio, face, quality, engine, moving], [status, player, log_box], concurrency_limit=None)
 
 
 def _first(files: Any) -> str | None:
@@ -210,6 +211,7 @@ def _batch_tab(studio: Studio) -> None:
                 with gr.Row():
                     quality = gr.Radio(quality_names(), value="balanced", label="Quality")
                     engine = gr.Dropdown(engine_names(), value="auto", label="Engine")
+                    moving = gr.Checkbox(True, label="Photos: move the head slightly")
                 go = gr.Button("Generate batch", variant="primary", elem_id="batch-generate")
             with gr.Column():
                 status = gr.Markdown("No batch yet.", elem_id="batch-status")
@@ -229,7 +231,7 @@ def _batch_tab(studio: Studio) -> None:
         audios.change(describe, [audios, faces], check)
         faces.change(describe, [audios, faces], check)
 
-        def run(a: Any, f: Any, q: str, e: str) -> Iterator[tuple[str, Any, str]]:
+        def run(a: Any, f: Any, q: str, e: str, hm: bool) -> Iterator[tuple[str, Any, str]]:
             pa, pf = _paths(a), _paths(f)
             try:
                 if not pa or not pf:
@@ -238,7 +240,7 @@ def _batch_tab(studio: Studio) -> None:
                     raise ValidationError("Use one speech with many faces, or many speeches with one face.")
                 ups_a = [studio.add_upload_path(p, AUDIO) for p in pa]
                 ups_f = [studio.add_upload_path(p, FACE) for p in pf]
-                batch_id, _jobs = studio.submit_batch(ups_a, ups_f, quality=q, engine=e)
+                batch_id, _jobs = studio.submit_batch(ups_a, ups_f, quality=q, engine=e, head_motion=hm)
             except ValidationError as e:
                 yield f"**Refused:** {e}", None, ""
                 return
@@ -249,7 +251,7 @@ def _batch_tab(studio: Studio) -> None:
                     return
                 time.sleep(POLL_S)
 
-        go.click(run, [audios, faces, quality, engine], [status, table, grid], concurrency_limit=None)
+        go.click(run, [audios, faces, quality, engine, moving], [status, table, grid], concurrency_limit=None)
 
 
 def _batch_status(batch_id: str, jobs: list[Job]) -> str:
