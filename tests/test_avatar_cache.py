@@ -83,6 +83,7 @@ def test_generate_keeps_the_cache_within_its_budget(tmp_path: Path, monkeypatch:
     generate(speech, first, tmp_path / "one.mp4", device="cpu", cache_dir=cache)
     (one,) = cached_avatars(root)
     assert (one.folder / f"mouth_bank_v{bank_mod.BANK_VERSION}").is_dir()
+    assert one.source == "katie.mp4"  # which template it is, for `lipdub cache`
     _set_last_use(one.folder, 2 * 3600)
 
     monkeypatch.setenv("LIPDUB_CACHE_MAX_GB", str(one.bytes * 1.5 / 2**30))

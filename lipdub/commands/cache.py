@@ -43,10 +43,10 @@ def register(app: typer.Typer) -> None:
         avatars = cached_avatars(root)
         now = time.time()
         table = Table(title=f"avatar cache: {root}")
-        for column in ("avatar", "size", "last used"):
+        for column in ("avatar", "template", "size", "last used"):
             table.add_column(column, justify="right" if column == "size" else "left")
         for a in reversed(avatars):  # most recent first
-            table.add_row(a.folder.name, f"{a.bytes / GB:.2f} GB", _ago(now - a.last_used))
+            table.add_row(a.folder.name, a.source or "?", f"{a.bytes / GB:.2f} GB", _ago(now - a.last_used))
         Console().print(table)
         total = sum(a.bytes for a in avatars)
         limit = f"{budget / GB:g} GB" if budget > 0 else "no limit"

@@ -48,10 +48,10 @@ def analyse_template(info: MediaInfo, fps: Fraction, cache_root: Path | None = N
     w, h = output_size(info)
     if info.kind == "image":
         landmarks = _analyse_image(info)
-        avatar = Avatar(key, "image", w, h, float(fps), landmarks, cache_dir)
+        avatar = Avatar(key, "image", w, h, float(fps), landmarks, cache_dir, info.path.name)
     else:
         landmarks = _analyse_video(info, fps, progress, frame_sink)
-        avatar = Avatar(key, "video", w, h, float(fps), landmarks, cache_dir)
+        avatar = Avatar(key, "video", w, h, float(fps), landmarks, cache_dir, info.path.name)
     found = avatar.found
     if not found.any():
         raise NoFaceError(f"No face was found in {info.path.name}; use a video or photo where a face is clearly "

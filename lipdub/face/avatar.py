@@ -33,6 +33,7 @@ class Avatar:
     fps: float
     landmarks: np.ndarray  # (n_frames, 478, 2) float32
     cache_dir: Path  # engines keep their own per-avatar data here (mouth bank, ...)
+    source: str = ""  # the template's file name when it was analysed (for people reading the cache)
 
     @property
     def n_frames(self) -> int:
@@ -48,7 +49,7 @@ class Avatar:
         np.savez_compressed(tmp, landmarks=self.landmarks)
         os.replace(tmp, self.cache_dir / "analysis.npz")
         meta = dict(key=self.key, kind=self.kind, width=self.width, height=self.height, fps=self.fps,
-                    version=ANALYSIS_VERSION)
+                    version=ANALYSIS_VERSION, source=self.source)
         (self.cache_dir / "meta.json").write_text(json.dumps(meta))
 
     @classmethod
@@ -63,7 +64,7 @@ class Avatar:
         except (OSError, ValueError, KeyError):
             return None
         return cls(meta["key"], meta["kind"], int(meta["width"]), int(meta["height"]), float(meta["fps"]),
-                   landmarks, cache_dir)
+                   landmarks, cache_dir, str(meta.get("source", "")))
 
 
 def default_cache_root() -> Path:

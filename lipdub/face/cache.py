@@ -8,6 +8,7 @@ is still running and is never removed.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -33,6 +34,7 @@ class CachedAvatar:
     folder: Path
     bytes: int
     last_used: float  # seconds since the epoch
+    source: str = ""  # the template's file name when it was analysed, if known
 
 
 def avatars_root(cache_root: Path) -> Path:
@@ -74,7 +76,7 @@ def cached_avatars(root: Path) -> list[CachedAvatar]:
         return []
     for folder in folders:
         size, newest = _tree_size(folder)
-        found.append(CachedAvatar(folder, size, _last_used(folder, newest)))
+        found.append(CachedAvatar(folder, size, _last_used(folder, newest), _source(folder)))
     return sorted(found, key=lambda a: a.last_used)
 
 
@@ -120,6 +122,13 @@ def prune(root: Path, max_bytes: int, keep: tuple[Path, ...] = (), in_use_s: flo
         log.warning("The avatar cache holds %.1f GB, over its %.1f GB budget, but the rest is in use; set %s "
                     "higher or free some disk space.", total / GB, max_bytes / GB, MAX_GB_ENV)
     return removed
+
+
+def _source(folder: Path) -> str:
+    try:
+        return str(json.loads((folder / "meta.json").read_text()).get("source", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def _remove(folder: Path, in_use_s: float) -> bool:
