@@ -39,8 +39,7 @@ def analyse_template(info: MediaInfo, fps: Fraction, cache_root: Path | None = N
     needs no second decode. It is not called when the analysis comes from the cache."""
     key = content_hash(info.path, extra=f"v{ANALYSIS_VERSION}:{fps}:{info.rotation}")
     cache_dir = avatars_root(cache_root or default_cache_root()) / key[:24]
-    if cache_dir.is_dir():
-        mark_used(cache_dir)  # first, so pruning by another job leaves it alone from now on
+    mark_used(cache_dir)  # first, so pruning by another job leaves it alone from now on
     cached = Avatar.load(cache_dir)
     if cached is not None and cached.key == key:
         log.info("Template analysis found in the avatar cache (%d frames).", cached.n_frames)

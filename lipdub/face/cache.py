@@ -56,7 +56,10 @@ def budget_bytes() -> int:
 
 
 def mark_used(folder: Path) -> None:
-    """Record that an avatar is being used now (it becomes the last one pruning would remove)."""
+    """Record that an avatar is being used now (it becomes the last one pruning would remove); an avatar
+    not on disk yet is marked when it is saved."""
+    if not folder.is_dir():
+        return
     mark = folder / USED_MARK
     try:
         mark.touch()

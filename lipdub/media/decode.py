@@ -15,7 +15,7 @@ import numpy as np
 
 from lipdub.errors import InputError
 from lipdub.media.frames import rotate
-from lipdub.media.probe import MediaInfo
+from lipdub.media.probe import UNSPECIFIED, MediaInfo
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ def yuv_colour(info: MediaInfo) -> tuple[int, int, int]:
     (unspecified stays unspecified), and BT.601's matrix for photos and RGB video, which FFmpeg
     converts with it."""
     matrix, primaries, transfer = info.colour
-    if info.kind == "image" or matrix == RGB:
-        return BT601 if matrix in (RGB, 2) else matrix, primaries, transfer
+    if matrix == RGB or (info.kind == "image" and matrix == UNSPECIFIED):
+        matrix = BT601
     return matrix, primaries, transfer
 
 

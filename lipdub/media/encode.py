@@ -14,7 +14,7 @@ import numpy as np
 
 from lipdub.errors import InputError, LipdubError
 from lipdub.media.frames import OutputFrame
-from lipdub.media.probe import MediaInfo
+from lipdub.media.probe import UNSPECIFIED, MediaInfo
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +104,14 @@ class VideoWriter:
     def _setup(self, s: av.video.stream.VideoStream) -> None:
         s.width, s.height = self.width, self.height
         s.pix_fmt = "yuv420p"
-        s.codec_context.color_range = 1  # AVCOL_RANGE_MPEG: frames are decoded into the video range
+        cc = s.codec_context
+        cc.color_range = 1  # AVCOL_RANGE_MPEG: frames are decoded into the video range
         # The frames' YUV is the template's own (or, for a photo, BT.601's): tagged as such, a player
         # does not guess the matrix from the picture size (BT.709 for HD) and shift the colours.
-        cc = s.codec_context
         for name, value in zip(("colorspace", "color_primaries", "color_trc"), self.colour, strict=True):
-            if value != 2:
+            if value != UNSPECIFIED:
                 setattr(cc, name, value)
-        s.codec_context.time_base = Fraction(1, 1) / self.fps
+        cc.time_base = Fraction(1, 1) / self.fps
 
     def _audio_source(self) -> Iterator[av.AudioFrame]:
         src = self._audio_in.streams.audio[0]

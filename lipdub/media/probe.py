@@ -43,7 +43,10 @@ class MediaInfo:
     channels: int = 0
     # Colour tags of the video stream as FFmpeg numbers them (AVCOL_SPC_*, AVCOL_PRI_*, AVCOL_TRC_*):
     # the YUV matrix, primaries and transfer; 2 is unspecified.
-    colour: tuple[int, int, int] = (2, 2, 2)
+    colour: tuple[int, int, int] = (2, 2, 2)  # UNSPECIFIED each
+
+
+UNSPECIFIED = 2  # FFmpeg's number for an unspecified colour tag, in all three tables
 
 
 def probe(path: str | os.PathLike, limits: Limits | None = None) -> MediaInfo:
@@ -102,17 +105,16 @@ def probe(path: str | os.PathLike, limits: Limits | None = None) -> MediaInfo:
 
 
 def _colour_tags(cc: av.codec.context.CodecContext) -> tuple[int, int, int]:
+    """(matrix, primaries, transfer); reserved values read as unspecified: 3 in all three tables, and 0
+    for primaries and transfer (for the matrix, 0 is RGB)."""
     tags = []
-    for name in ("colorspace", "color_primaries", "color_trc"):
+    for name, lowest in (("colorspace", 0), ("color_primaries", 1), ("color_trc", 1)):
         try:
             value = int(getattr(cc, name))
         except (AttributeError, TypeError, ValueError):
-            value = 2
-        tags.append(value)
-    matrix, primaries, transfer = tags
-    # 3 is reserved in all three tables, and 0 too for primaries and transfer: treated as unspecified.
-    return (matrix if 0 <= matrix < 256 and matrix != 3 else 2, primaries if 0 < primaries < 256 and primaries != 3
-            else 2, transfer if 0 < transfer < 256 and transfer != 3 else 2)
+            value = UNSPECIFIED
+        tags.append(value if lowest <= value < 256 and value != 3 else UNSPECIFIED)
+    return tags[0], tags[1], tags[2]
 
 
 def _check_pcm_length(p: Path, stream: av.stream.Stream) -> None:

@@ -356,8 +356,7 @@ def load_bank(avatar: Avatar, folder: Path) -> MouthBank | None:
 def mouth_bank(avatar: Avatar, info: MediaInfo) -> MouthBank:
     """The avatar's mouth bank, from its cache when it was built before."""
     folder = bank_folder(avatar)
-    if avatar.cache_dir.is_dir():
-        mark_used(avatar.cache_dir)  # again: the speech analysis may have taken long since the face's
+    mark_used(avatar.cache_dir)  # again: the speech analysis may have taken long since the face's
     bank = load_bank(avatar, folder)
     if bank is not None:
         log.info("Mouth bank found in the avatar cache (%d frames).", len(bank))
