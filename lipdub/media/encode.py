@@ -79,6 +79,7 @@ class VideoWriter:
         self._resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
         self._audio_frames = self._audio_source()
         self._audio_time = 0.0
+        self._audio_samples = 0
         self._audio_done = False
 
     def _video_stream(self, q: Quality, use_nvenc: bool) -> av.video.stream.VideoStream:
@@ -132,7 +133,12 @@ class VideoWriter:
             if frame is None:
                 self._audio_done = True
                 break
-            frame.pts = None
+            # Counted timestamps, not None: the AAC encoder then shifts its first packet back by its
+            # priming delay (1024 samples) and the muxer writes an edit list that hides it. Without
+            # them the priming plays, and the speech comes 21 ms (48 kHz) to 64 ms (16 kHz) late.
+            frame.pts = self._audio_samples
+            frame.time_base = Fraction(1, frame.sample_rate)
+            self._audio_samples += frame.samples
             self._audio_time += frame.samples / frame.sample_rate
             for packet in self.audio.encode(frame):
                 self.container.mux(packet)
