@@ -119,6 +119,22 @@ def test_bank_is_cached_with_the_avatar(short_template: tuple, monkeypatch: pyte
     np.testing.assert_array_equal(np.asarray(first.images[3]), np.asarray(second.images[3]))
 
 
+def test_bank_reads_where_there_is_no_pread(short_template: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows has no os.pread: entries read by seek and read under a lock come out the same, also
+    when the render and encoder threads read at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    info, avatar = short_template
+    bank = bank_mod.mouth_bank(avatar, info)
+    expected = [bank.images.i420(j).copy() for j in range(len(bank))]
+    monkeypatch.delattr(bank_mod.os, "pread")
+    order = np.random.default_rng(1).permutation(np.tile(np.arange(len(bank)), 6))
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(bank.images.i420, order))
+    for j, image in zip(order, got, strict=True):
+        np.testing.assert_array_equal(image, expected[j])
+
+
 def test_pixels_outside_the_lower_face_equal_the_template(short_template: tuple) -> None:
     info, avatar = short_template
     n_out = 48

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -53,13 +54,16 @@ class BankImages:
     Reads go through os.pread rather than a memory map: mapped pages count as the process's resident
     memory, and a 1080p bank of a long template would then look like gigabytes of RSS. The file is
     opened once, up front: a bank that another job prunes from the cache stays readable until closed.
+    Where there is no os.pread (Windows), a lock makes seek-and-read one step for the reading threads.
     """
 
     def __init__(self, path: Path, offsets: np.ndarray, shapes: np.ndarray) -> None:
         self.path = path
         self.offsets = offsets.astype(np.int64)  # (S,) byte offset of each entry
         self.shapes = shapes.astype(np.int64)  # (S, 2) height and width of each entry (even)
-        self._fd: int | None = os.open(path, os.O_RDONLY)
+        # O_BINARY: without it Windows opens in text mode and would turn CR LF bytes into LF.
+        self._fd: int | None = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        self._seek_lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -74,10 +78,24 @@ class BankImages:
             raise ValueError(f"the mouth bank {self.path} is closed")
         h, w = (int(v) for v in self.shapes[j])
         size = entry_bytes(h, w)
-        data = os.pread(self._fd, size, int(self.offsets[j]))
+        data = self._read_at(self._fd, size, int(self.offsets[j]))
         if len(data) != size:
             raise OSError(f"mouth bank entry {j} is truncated in {self.path}")
         return np.frombuffer(data, np.uint8).reshape(h * 3 // 2, w)
+
+    def _read_at(self, fd: int, size: int, offset: int) -> bytes:
+        if hasattr(os, "pread"):
+            return os.pread(fd, size, offset)
+        with self._seek_lock:
+            os.lseek(fd, offset, os.SEEK_SET)
+            parts, left = [], size
+            while left > 0:
+                part = os.read(fd, left)
+                if not part:
+                    break
+                parts.append(part)
+                left -= len(part)
+            return b"".join(parts)
 
     def close(self) -> None:
         fd, self._fd = self._fd, None
