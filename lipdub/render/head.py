@@ -186,8 +186,3 @@ def feature_boxes(lm: np.ndarray, iod: float, margin: float = 0.15) -> list[tupl
         (x0, y0), (x1, y1) = pts.min(0) - margin * iod, pts.max(0) + margin * iod
         boxes.append((int(x0), int(y0), int(np.ceil(x1)), int(np.ceil(y1))))
     return boxes
-
-
-def apply_affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """Points (n, 2) through a 2x3 affine matrix, as float32."""
-    return (pts @ m[:, :2].T + m[:, 2]).astype(np.float32)

@@ -34,7 +34,7 @@ from lipdub.media.frames import pack, planes
 from lipdub.render.bank import STABLE, MouthBank, mouth_bank, pose_descriptor
 from lipdub.render.base import FrameTask, RenderContext, RenderedCrop, Renderer
 from lipdub.render.blend import REACH, colour_ring, composite_alpha_box, match_colour_i420
-from lipdub.render.head import apply_affine
+from lipdub.render.geometry import apply_affine, similarity
 from lipdub.render.kernels import WarpJob, warp_and_match
 from lipdub.render.masks import lower_face, lower_face_polygon
 from lipdub.render.select import Costs, Targets, candidates, map_targets, viterbi
@@ -86,21 +86,6 @@ def fitted_shape(lm_frame: np.ndarray, lm_source: np.ndarray) -> np.ndarray:
     shift = float((lm_frame[_LIPS].mean(0) - lm_source[_LIPS].mean(0)) @ across)
     dst[_LIPS] = lm_source[_LIPS] + shift * across
     return dst
-
-
-def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity (Umeyama) mapping ``src`` points onto ``dst``, as a 2x3 matrix."""
-    ms, md = src.mean(0), dst.mean(0)
-    s, d = src - ms, dst - md
-    cov = d.T @ s / len(src)
-    u, sv, vt = np.linalg.svd(cov)
-    e = np.diag([1.0, np.sign(np.linalg.det(u @ vt))])
-    r = u @ e @ vt
-    scale = float((sv * np.diag(e)).sum() / max((s ** 2).sum() / len(src), 1e-12))
-    m = np.zeros((2, 3))
-    m[:, :2] = scale * r
-    m[:, 2] = md - m[:, :2] @ ms
-    return m
 
 
 @dataclass

@@ -23,7 +23,8 @@ from lipdub.face.landmarks import (
     lip_gap,
 )
 from lipdub.render.base import FrameTask, RenderContext, RenderedCrop, Renderer
-from lipdub.render.head import HeadWarp, apply_affine, feature_boxes, head_motion
+from lipdub.render.geometry import apply_affine
+from lipdub.render.head import HeadWarp, feature_boxes, head_motion
 from lipdub.render.masks import lower_face_mask, lower_face_polygon, polygon_alpha
 
 # Lip gap at open = 1, in inter-ocular distances (a wide "ah" in real speech). Asks a little more than a
