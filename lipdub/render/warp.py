@@ -267,7 +267,7 @@ def _coarse_map(src: np.ndarray, dst: np.ndarray, region: np.ndarray, box: tuple
     x0, y0, x1, y1 = box
     poly = cv2.convexHull(region.astype(np.float32)).reshape(-1, 2)
     idx = np.arange(len(src)) if points is None else np.unique(np.asarray(points))
-    keep = np.array([cv2.pointPolygonTest(poly, (float(x), float(y)), False) > 0 for x, y in dst[idx]], bool)
+    keep = _strictly_inside_convex(dst[idx], poly)
     # Fixed anchors: the outline, densified, so nothing outside the region moves.
     span = float(np.ptp(poly, axis=0).max())
     anchors = _densify(poly, step=max(4.0, span / 30))
@@ -338,6 +338,17 @@ def _fix_labels(label: np.ndarray, tri: Delaunay, gx0: float, gy0: float, suspec
         label[ys[off], xs[off]] = np.where(hits.any(1), hits.argmax(1) + 1, 0)
 
 
+def _strictly_inside_convex(p: np.ndarray, poly: np.ndarray) -> np.ndarray:
+    """Whether points ``p`` (n, 2) lie strictly inside the convex polygon ``poly`` (k, 2), either
+    orientation: on the same side of every edge (what cv2.pointPolygonTest > 0 says, point by point
+    in Python, which took a millisecond a frame for the 478 landmarks)."""
+    a = poly.astype(np.float64)
+    e = np.roll(a, -1, 0) - a
+    r = p.astype(np.float64)[:, None, :] - a[None]
+    cross = e[None, :, 0] * r[..., 1] - e[None, :, 1] * r[..., 0]
+    return (cross > 0).all(1) | (cross < 0).all(1)
+
+
 def _inside(p: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Whether points ``p`` (..., 2) lie in triangles ``v`` (..., 3, 2), edges included (broadcast);
     a degenerate triangle contains nothing."""
@@ -395,10 +406,14 @@ def draw_mouth_interior(img: np.ndarray, lm: np.ndarray, iod: float, strength: f
         return
     roi = img[y0:y1, x0:x1].astype(np.float32)
     rh, rw = roi.shape[:2]
-    yy, xx = np.mgrid[0:rh, 0:rw].astype(np.float32)
+    # A column and a row that broadcast: what depends on x alone (the teeth's spacing, the light
+    # across the mouth) is then computed once per column, not once per pixel.
+    yy = np.arange(rh, dtype=np.float32)[:, None]
+    xx = np.arange(rw, dtype=np.float32)[None, :]
     cols = xx[0] + x0
-    up_y = _lip_curve(upper, cols) - y0
-    lo_y = _lip_curve(lower, cols) - y0
+    # float32 like the grid: float64 curves would turn every image-sized step below into float64.
+    up_y = (_lip_curve(upper, cols) - y0).astype(np.float32)
+    lo_y = (_lip_curve(lower, cols) - y0).astype(np.float32)
     left, right = float(min(upper[:, 0].min(), lower[:, 0].min())), float(max(upper[:, 0].max(), lower[:, 0].max()))
     cx = (left + right) / 2 - x0
     half = max((right - left) / 2, 1.0)
