@@ -78,8 +78,8 @@ class VideoWriter:
         self.audio.bit_rate = 192_000 if layout == "stereo" else 128_000
         self._resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
         self._audio_frames = self._audio_source()
-        self._audio_time = 0.0
-        self._audio_samples = 0
+        self._audio_rate = rate
+        self._audio_samples = 0  # encoded so far: the next frame's timestamp
         self._audio_done = False
 
     def _video_stream(self, q: Quality, use_nvenc: bool) -> av.video.stream.VideoStream:
@@ -128,7 +128,7 @@ class VideoWriter:
 
     def _pump_audio(self, until: float | None) -> None:
         """Encode audio up to ``until`` seconds (all of it when None)."""
-        while not self._audio_done and (until is None or self._audio_time < until):
+        while not self._audio_done and (until is None or self._audio_samples < until * self._audio_rate):
             frame = next(self._audio_frames, None)
             if frame is None:
                 self._audio_done = True
@@ -137,9 +137,8 @@ class VideoWriter:
             # priming delay (1024 samples) and the muxer writes an edit list that hides it. Without
             # them the priming plays, and the speech comes 21 ms (48 kHz) to 64 ms (16 kHz) late.
             frame.pts = self._audio_samples
-            frame.time_base = Fraction(1, frame.sample_rate)
+            frame.time_base = Fraction(1, self._audio_rate)
             self._audio_samples += frame.samples
-            self._audio_time += frame.samples / frame.sample_rate
             for packet in self.audio.encode(frame):
                 self.container.mux(packet)
 

@@ -61,7 +61,7 @@ class BankImages:
         self.path = path
         self.offsets = offsets.astype(np.int64)  # (S,) byte offset of each entry
         self.shapes = shapes.astype(np.int64)  # (S, 2) height and width of each entry (even)
-        # O_BINARY: without it Windows opens in text mode and would turn CR LF bytes into LF.
+        # O_BINARY: without it Windows opens in text mode, which turns CR LF into LF and stops at 0x1A.
         self._fd: int | None = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         self._seek_lock = threading.Lock()
 
