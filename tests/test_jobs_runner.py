@@ -46,3 +46,36 @@ def test_a_crashing_render_fails_only_its_job(tmp_path):
         again = client.post("/api/v1/jobs", files=files)
         assert again.status_code == 202
         client.post(f"/api/v1/jobs/{again.json()['id']}/cancel")
+
+
+@pytest.mark.parametrize("process_groups", [True, False])
+def test_killing_a_render_kills_what_it_started(monkeypatch, process_groups: bool) -> None:
+    """A killed render child takes its own children (the phone workers) with it: by its process group,
+    or, where there are no process groups (Windows), by its process tree."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from lipdub.jobs import runner
+
+    code = ("import subprocess, sys, time; "
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+            "print(p.pid, flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    grandchild = int(proc.stdout.readline())
+    if not process_groups:
+        monkeypatch.delattr(runner.os, "killpg")
+    runner._kill_group(proc)
+    proc.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(grandchild, signal.SIGKILL)
+        pytest.fail("the render's own child outlived it")

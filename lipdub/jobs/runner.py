@@ -343,7 +343,8 @@ class LocalDispatcher:
             log.info("Job %s cancelled.", job_id)
         else:
             why = (f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}")
-            hint = " (perhaps it ran out of memory)" if code == -signal.SIGKILL else ""
+            # SIGKILL: what the kernel's out-of-memory killer sends (Windows has no such signal).
+            hint = " (perhaps it ran out of memory)" if code == -getattr(signal, "SIGKILL", 9) else ""
             error = f"The render process stopped unexpectedly ({why}){hint}; see the job log."
             if over:
                 error = f"The render was stopped: {over}."
@@ -385,13 +386,30 @@ def _tree_rss(pid: int) -> int:
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
+    """Kill a render child and what it started (its phone workers): its process group where there are
+    process groups (it was started in a session of its own), else its process tree (Windows)."""
+    if hasattr(os, "killpg"):
         try:
-            proc.kill()
-        except ProcessLookupError:
+            os.killpg(proc.pid, signal.SIGKILL)
+            return
+        except (ProcessLookupError, PermissionError):
             pass
+    else:
+        import psutil
+
+        try:
+            descendants = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            descendants = []
+        for p in descendants:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+    try:
+        proc.kill()
+    except ProcessLookupError:
+        pass
 
 
 def _log_header(logf, warm: bool) -> None:  # noqa: ANN001 - binary file
@@ -401,15 +419,12 @@ def _log_header(logf, warm: bool) -> None:  # noqa: ANN001 - binary file
 
 
 def _terminate(proc: subprocess.Popen, grace: float) -> None:
-    """SIGTERM (the child cancels cleanly), then SIGKILL for the whole process group after ``grace``."""
+    """SIGTERM (the child cancels cleanly), then, after ``grace``, kill it and what it started."""
     try:
         proc.terminate()
         proc.wait(grace)
     except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            proc.kill()
+        _kill_group(proc)
         proc.wait()
     except ProcessLookupError:
         pass
