@@ -85,6 +85,25 @@ def test_closing_a_closed_mouth_moves_no_pixel_further_than_the_lips(tmp_path) -
     assert travel.max() <= np.abs(moved - lm).max() + 1.0
 
 
+@needs_media
+def test_an_opened_mouth_narrows_to_a_point_at_its_corners(tmp_path) -> None:
+    """Lips part like a lens. The upper lip once stayed up right to the corners while the corners went
+    down with the jaw, so a wide-open mouth ended in a step at each side (a box-shaped opening):
+    next to each corner the gap was 0.75 of the middle's, and the corner sat 0.39 of it below the upper lip."""
+    from lipdub.face.landmarks import inter_ocular
+    from lipdub.render.warp import MAX_GAP
+
+    lm = _portrait_landmarks(tmp_path)
+    delta = 0.8 * MAX_GAP * float(inter_ocular(lm)) - float(lip_gap(lm))
+    moved = WarpRenderer.move_points(lm, delta, 0.0, 0.0)
+    ey = _down(lm)
+    middle = float((moved[14] - moved[13]) @ ey)
+    assert middle > 0.8 * delta
+    for corner, upper, lower in ((78, 191, 95), (308, 415, 324)):
+        assert (moved[lower] - moved[upper]) @ ey < 0.6 * middle
+        assert (moved[corner] - moved[upper]) @ ey < 0.32 * middle
+
+
 def _down(lm: np.ndarray) -> np.ndarray:
     le, re = eye_centres(lm)
     ex = (re - le) / np.linalg.norm(re - le)

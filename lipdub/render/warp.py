@@ -32,6 +32,7 @@ from lipdub.render.masks import lower_face_mask, lower_face_polygon, polygon_alp
 # the mouth wider than asked (lower lip moved, upper lip half blended at the mask's edge).
 MAX_GAP = 0.36
 _CORNERS = {61, 291, 78, 308}
+UPPER_PULL_POWER = 4.0  # how close to the corners the upper lip starts following them down
 _LOWER_LIP = sorted((set(LIPS_OUTER_LOWER) | set(LIPS_INNER_LOWER) |
                      {77, 90, 180, 85, 16, 315, 404, 320, 307, 96, 89, 179, 86, 15, 316, 403, 319, 325}) - _CORNERS)
 _UPPER_LIP = sorted((set(LIPS_OUTER_UPPER) | set(LIPS_INNER_UPPER) |
@@ -84,7 +85,7 @@ class WarpRenderer(Renderer):
         # The lips part like a lens: fully in the middle, less and less towards the corners, so the
         # opening has no steep sides next to them.
         corner = max(float(np.abs(u[[61, 291]]).max()), 1e-3)
-        lens = 0.4 + 0.6 * np.sqrt(np.clip(1 - (u / corner) ** 2, 0.0, 1.0))
+        lens = 0.4 + 0.6 * np.clip(1 - (u / corner) ** 2, 0.0, 1.0)
         corners = sorted(_CORNERS)
         lens[corners] = 0.4
         if delta < 0:
@@ -98,7 +99,13 @@ class WarpRenderer(Renderer):
             local = np.interp(u, pair_u[order], gap[order])
             lens = np.minimum(lens, local / (1.12 * -delta))
         w[_LOWER_LIP] = lens[_LOWER_LIP]
-        w[_UPPER_LIP] = -0.12 * lens[_UPPER_LIP]
+        # The upper lip lifts a little in the middle, but towards the corners it is pulled down with
+        # them: the lips meet at the corner, so the opening closes there in a point instead of ending
+        # in a step between a raised upper lip and a lowered corner.
+        t = np.clip(np.abs(u) / corner, 0.0, 1.0)
+        pull = t ** UPPER_PULL_POWER
+        lens_corner = np.where(u < 0, lens[78], lens[308])
+        w[_UPPER_LIP] = (-0.12 * lens * (1 - pull) + lens_corner * pull)[_UPPER_LIP]
         w[corners] = lens[corners]
         moved = lm + np.outer(w * delta, ey)
 
@@ -451,24 +458,30 @@ def draw_mouth_interior(img: np.ndarray, lm: np.ndarray, iod: float, strength: f
         colour = colour * (1 - tongue[..., None]) + t_col * tongue[..., None]
 
     # Upper teeth: they hang from the upper lip, so their edge follows its curve, and they look
-    # shorter towards the corners where the arch turns away.
-    tooth_h = min(0.55 * centre_gap, 0.09 * iod) * (1.0 - 0.35 * u ** 2)
-    edge = up_y + tooth_h
-    teeth = _smoothstep((edge - yy) / max(0.7, 0.004 * iod)) * _smoothstep((yy - up_y + soft) / soft)
-    teeth *= _smoothstep((0.92 - np.abs(u)) / 0.35)  # the corners show the dark cheek pockets, not teeth
-    down = np.clip((yy - up_y) / np.maximum(tooth_h, 1.0), 0.0, 1.0)
-    shade = (0.62 + 0.38 * _smoothstep(down / 0.35))  # the upper lip's shadow over the gums' end
-    shade *= 1.0 - 0.10 * _smoothstep((down - 0.8) / 0.2)  # translucent biting edge
-    # Separations between teeth, placed outwards from the middle and foreshortened towards the sides.
+    # shorter towards the corners where the arch turns away. Separations between teeth are placed
+    # outwards from the middle and foreshortened towards the sides; each tooth's biting edge is
+    # rounded, so the edge dips up a little at every separation instead of running as one ruled line.
     sep = np.ones_like(xx)
+    notch = np.zeros_like(xx)
     for side in (-1.0, 1.0):
         pos = 0.0
         for width in _TOOTH_WIDTHS:
             pos += width * iod * (1.0 - 0.35 * min(pos / half, 1.0) ** 2)
             if pos >= half:
                 break
-            sep *= 1.0 - 0.12 * np.exp(-((xx - (cx + side * pos)) / (0.005 * iod + 0.6)) ** 2)
-    sep *= 1.0 - 0.10 * np.exp(-((xx - cx) / (0.005 * iod + 0.6)) ** 2)  # between the central incisors
+            d = (xx - (cx + side * pos)) / (0.005 * iod + 0.6)
+            sep *= 1.0 - 0.12 * np.exp(-(d ** 2))
+            notch = np.maximum(notch, np.exp(-((d / 2.5) ** 2)))
+    mid = (xx - cx) / (0.005 * iod + 0.6)
+    sep *= 1.0 - 0.10 * np.exp(-(mid ** 2))  # between the central incisors
+    notch = np.maximum(notch, np.exp(-((mid / 2.5) ** 2)))
+    tooth_h = min(0.55 * centre_gap, 0.09 * iod) * (1.0 - 0.45 * u ** 2)
+    edge = up_y + tooth_h * (1.0 - 0.08 * notch)
+    teeth = _smoothstep((edge - yy) / max(0.7, 0.004 * iod)) * _smoothstep((yy - up_y + soft) / soft)
+    teeth *= _smoothstep((0.82 - np.abs(u)) / 0.32)  # the corners show the dark cheek pockets, not teeth
+    down = np.clip((yy - up_y) / np.maximum(tooth_h, 1.0), 0.0, 1.0)
+    shade = (0.62 + 0.38 * _smoothstep(down / 0.35))  # the upper lip's shadow over the gums' end
+    shade *= 1.0 - 0.10 * _smoothstep((down - 0.8) / 0.2)  # translucent biting edge
     t_col = _IVORY * min(lit, 1.15) * (centre_light * shade * sep)[..., None]
     colour = colour * (1 - teeth[..., None]) + t_col * teeth[..., None]
 
@@ -483,10 +496,15 @@ def draw_mouth_interior(img: np.ndarray, lm: np.ndarray, iod: float, strength: f
     # The camera's softness and grain, measured around the mouth, so the painted area matches.
     colour = cv2.GaussianBlur(colour, (0, 0), max(0.5, 0.0025 * iod))
     grain = roi - cv2.GaussianBlur(roi, (0, 0), 1.0)
-    noise = float(np.std(grain[inside < 0.01])) if (inside < 0.01).any() else 0.0
+    # A robust spread (median absolute deviation): the lips' own edges in the ring must not count as grain.
+    outside = grain[inside < 0.01]
+    noise = float(1.4826 * np.median(np.abs(outside - np.median(outside)))) if len(outside) else 0.0
     if noise > 0.2:
         rng = np.random.default_rng(int(cx * 31 + rh))
         # Luminance grain, the same on all three channels: independent channels would speckle in colour.
-        colour += rng.normal(0.0, min(noise, 6.0), colour.shape[:2]).astype(np.float32)[..., None]
+        # A sensor's noise grows with the square root of the light (shot noise), so the dark cavity gets
+        # less of it than the skin it was measured on; at full strength it reads as sand.
+        level = np.sqrt(np.clip(colour.mean(-1) / max(float(around.mean()), 1.0), 0.05, 1.0)) if len(around) else 1.0
+        colour += (rng.normal(0.0, min(noise, 6.0), colour.shape[:2]).astype(np.float32) * level)[..., None]
     a = (inside * strength)[..., None]
     img[y0:y1, x0:x1] = np.clip(roi * (1 - a) + colour * a + 0.5, 0, 255).astype(np.uint8)
