@@ -35,7 +35,7 @@ from lipdub.media.decode import (
     put_unless_stopped,
     yuv_colour,
 )
-from lipdub.media.encode import VideoWriter, nvenc_available
+from lipdub.media.encode import VideoWriter, check_writable, nvenc_available
 from lipdub.media.encode import quality as quality_preset
 from lipdub.media.frames import OutputFrame, Overlay
 from lipdub.media.limits import Limits, check_audio, check_face
@@ -97,6 +97,7 @@ def generate(audio: str | os.PathLike, face: str | os.PathLike, out: str | os.Pa
     if engine != "auto":
         engine_class(engine)  # an unknown name fails now, not after the analysis
     quality_preset(quality)
+    check_writable(out)
 
     report("probing", 0.0, "reading the inputs")
     limits = limits or Limits()

@@ -93,3 +93,37 @@ def test_no_output_left_on_failure(tmp_path) -> None:
     shutil.copy(media("portrait_474.png"), tmp_path / "p.png")
     gen(tmp_path, tmp_path / "missing.wav", tmp_path / "p.png")
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(tmp_path, monkeypatch) -> None:
+    """The output was first opened after the analysis: minutes of work, then a traceback."""
+    import lipdub
+    import lipdub.pipeline
+    from lipdub.errors import InputError
+
+    def too_early(*_a, **_k):
+        raise AssertionError("the analysis started before the output was checked")
+
+    monkeypatch.setattr(lipdub.pipeline, "analyse_audio", too_early)
+    monkeypatch.setattr(lipdub.pipeline, "_analyse_face", too_early)
+    blocker = tmp_path / "report.txt"
+    blocker.write_text("a file where a folder would have to be")
+    audio, face = media("en_speech_60s.wav"), media("portrait_474.png")
+    with pytest.raises(InputError, match="report.txt is a file"):
+        lipdub.generate(audio, face, blocker / "out.mp4", device="cpu")
+    with pytest.raises(InputError, match="is a folder"):
+        lipdub.generate(audio, face, tmp_path, device="cpu")
+    r = run_cli("generate", "--audio", str(audio), "--face", str(face), "-o", str(blocker / "o.mp4"))
+    assert_clean_error(r, "report.txt is a file", "choose another output")
+
+
+def test_batch_checks_its_inputs_against_the_limits_its_renders_use(tmp_path) -> None:
+    """`batch` checked every input with no length limit, then each render refused it with the default one."""
+    from conftest import cut_audio
+
+    speech = cut_audio(media("en_radio_8s.wav"), tmp_path / "speech.wav", 3.0)
+    face = media("portrait_474.png")
+    r = run_cli("batch", "--audio", str(speech), "--face", str(face), "-o", str(tmp_path / "out"),
+                "--max-audio-s", "2")
+    assert_clean_error(r, "speech.wav", "the limit is")
+    assert not (tmp_path / "out").exists()  # refused before anything was rendered

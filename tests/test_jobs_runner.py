@@ -32,13 +32,18 @@ def test_a_crashing_render_fails_only_its_job(tmp_path):
         job_id = client.post("/api/v1/jobs", files=files).json()["id"]
         wait_job(client, job_id, until=("running",), timeout=120)
         dispatcher = app.state.studio.dispatcher
-        deadline = time.monotonic() + 30
-        while job_id not in dispatcher._procs and time.monotonic() < deadline:
-            time.sleep(0.1)
+        deadline = time.monotonic() + 120
+        # Killed while it writes its output: the writer's hidden partial file must not outlive it.
+        while client.get(f"/api/v1/jobs/{job_id}").json()["stage"] != "rendering":
+            assert time.monotonic() < deadline, "the render never started writing"
+            time.sleep(0.05)
+        job_dir = app.state.studio.storage.job_dir(job_id)
+        assert list(job_dir.glob(".result.partial*"))
         pid = dispatcher._procs[job_id].pid
         os.kill(pid, signal.SIGKILL)  # what the kernel's OOM killer does
         job = wait_job(client, job_id, timeout=60)
         assert job["status"] == "failed"
+        assert not [p for p in job_dir.iterdir() if "partial" in p.name]
         assert "stopped unexpectedly" in job["error"] and "SIGKILL" in job["error"]
         assert "SIGKILL" in client.get(f"/api/v1/jobs/{job_id}/log").text
         assert client.get("/api/v1/health").json()["status"] == "ok"
@@ -79,3 +84,80 @@ def test_killing_a_render_kills_what_it_started(monkeypatch, process_groups: boo
     else:
         os.kill(grandchild, signal.SIGKILL)
         pytest.fail("the render's own child outlived it")
+
+
+def _run_next(studio) -> str:
+    """Claim the next queued job and render it in this process, as a render child does."""
+    from lipdub.jobs.runner import run_job
+
+    job = studio.store.claim_next("test")
+    return run_job(job.id, studio.store, studio.storage, token=job.run_token, device="cpu")
+
+
+def test_a_render_keeps_the_servers_limits_and_the_users_file_names(tmp_path, monkeypatch):
+    """The render child once re-checked a job's inputs against the library's default limits (a server
+    started with longer ones accepted files its renders then refused), and its errors named the stored
+    files by their hash instead of the names the user gave."""
+    import cv2
+    import numpy as np
+    from studio_support import NoRender
+
+    import lipdub.pipeline
+    from lipdub.jobs.service import AUDIO, FACE, Studio
+    from lipdub.media.limits import Limits
+
+    (photo,) = need_media("portrait_474.png")
+    audio = short_audio(tmp_path / "speech.wav", 3.0)
+    settings = Settings(data_dir=tmp_path / "data", device="cpu", workers=1)
+    studio = Studio(settings, dispatcher=NoRender())
+    # The library's default for speech stands in at 1 s; the server's own limit is its 30 minutes.
+    monkeypatch.setattr(lipdub.pipeline, "Limits", lambda: Limits(max_audio_s=1.0))
+    a = studio.add_upload_path(audio, AUDIO, "my speech.wav")
+    studio.submit(a, studio.add_upload_path(photo, FACE, "me.png"))
+    assert _run_next(studio) == "done"
+
+    wall = tmp_path / "wall.png"
+    cv2.imwrite(str(wall), np.tile(np.linspace(60, 200, 320, dtype=np.uint8), (240, 1)))
+    job = studio.submit(a, studio.add_upload_path(wall, FACE, "my wall.png"))
+    assert _run_next(studio) == "failed"
+    error = studio.store.get(job.id).error
+    assert "no face" in error.lower() and "my wall.png" in error, error
+    assert job.face_key not in error and str(settings.data_dir) not in error
+
+
+def test_a_job_that_cannot_be_started_fails_and_the_worker_goes_on(tmp_path, monkeypatch):
+    """Writing the job's log header (a full disk) once raised out of the worker's loop: the thread died
+    with its job claimed, so that job stayed "running" and every later one "queued" until a restart."""
+    import errno
+
+    from lipdub.jobs.runner import LocalDispatcher
+    from lipdub.jobs.service import AUDIO, FACE, Studio
+
+    (photo,) = need_media("portrait_474.png")
+    audio = short_audio(tmp_path / "speech.wav", 1.0)
+    calls = []
+
+    def disk_full_once(spare, job_id, token, log_path):  # noqa: ANN001
+        calls.append(job_id)
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return False  # no standby: the render starts a child of its own
+
+    monkeypatch.setattr(LocalDispatcher, "_hand_over", staticmethod(disk_full_once))
+    settings = Settings(data_dir=tmp_path / "data", device="cpu", workers=1)
+    studio = Studio(settings)
+    studio.dispatcher = LocalDispatcher(studio.store, studio.storage, workers=1, device="cpu", poll_s=0.2,
+                                        prewarm=False)
+    a, f = studio.add_upload_path(audio, AUDIO), studio.add_upload_path(photo, FACE)
+    first, second = studio.submit(a, f), studio.submit(a, f)
+    studio.start()
+    try:
+        deadline = time.monotonic() + 300
+        while studio.store.get(second.id).status not in ("done", "failed"):
+            assert time.monotonic() < deadline, studio.store.get(second.id)
+            time.sleep(0.2)
+        assert studio.store.get(first.id).status == "failed"
+        assert "could not be started" in studio.store.get(first.id).error
+        assert studio.store.get(second.id).status == "done"
+    finally:
+        studio.stop()

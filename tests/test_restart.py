@@ -80,5 +80,8 @@ def test_graceful_stop_requeues_instead_of_cancelling(tmp_path):
     try:
         job = store.get(job_id)
         assert job.status == QUEUED and not job.cancel_requested, job
+        # A shutdown is not the job's fault: it does not count towards MAX_ATTEMPTS (five maintenance
+        # restarts once failed a job at its first real crash).
+        assert job.attempts == 0, job
     finally:
         store.dispose()

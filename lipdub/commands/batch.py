@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from lipdub.commands._limits import MAX_AUDIO_S, MAX_SIDE, MAX_SIZE_MB, MAX_VIDEO_S, limits_from
+
 log = logging.getLogger("lipdub.batch")
 
 _MEDIA_EXT = {".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus", ".mp4", ".mov", ".mkv", ".webm", ".avi",
@@ -42,6 +44,10 @@ def register(app: typer.Typer) -> None:
         head_motion: bool = typer.Option(True, "--head-motion/--still", help="Photos: sway and nod slightly, or "
                                          "keep the head still."),
         keep_going: bool = typer.Option(True, help="Go on with the next item when one fails."),
+        max_audio_s: float = MAX_AUDIO_S,
+        max_video_s: float = MAX_VIDEO_S,
+        max_side: int = MAX_SIDE,
+        max_size_mb: float = MAX_SIZE_MB,
         verbose: bool = typer.Option(False, "--verbose", "-v"),
     ) -> None:
         """Render every pair: one audio x many faces, or many audios x one face."""
@@ -58,11 +64,12 @@ def register(app: typer.Typer) -> None:
             raise InputError("Give at least one audio and one face (files or folders with media).")
         if len(audios) > 1 and len(faces) > 1:
             raise InputError("Give one audio with many faces, or many audios with one face.")
-        try:  # check every input before rendering anything
+        limits = limits_from(max_size_mb, max_audio_s, max_video_s, max_side)
+        try:  # check every input before rendering anything, against the limits the renders use
             for a in audios:
-                check_media(a, AUDIO, max_duration_s=float("inf"))
+                check_media(a, AUDIO, limits=limits)
             for f in faces:
-                check_media(f, FACE, max_duration_s=float("inf"))
+                check_media(f, FACE, limits=limits)
         except ValidationError as e:
             raise InputError(str(e)) from e
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -82,7 +89,7 @@ def register(app: typer.Typer) -> None:
 
                 try:
                     lipdub.generate(a, f, out_dir / name, device=device, engine=engine, quality=quality,
-                                    head_motion=head_motion, progress=progress)
+                                    head_motion=head_motion, progress=progress, limits=limits)
                 except LipdubError as e:
                     failed.append((name, str(e)))
                     log.error("%s: %s", name, e)

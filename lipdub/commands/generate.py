@@ -9,6 +9,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from lipdub.cli import setup_logging
+from lipdub.commands._limits import MAX_AUDIO_S, MAX_SIDE, MAX_SIZE_MB, MAX_VIDEO_S, limits_from
 
 log = logging.getLogger("lipdub")
 
@@ -28,19 +29,17 @@ def register(app: typer.Typer) -> None:
         head_motion: bool = typer.Option(True, "--head-motion/--still", help="Photos: sway and nod slightly, or "
                                          "keep the head still."),
         cache_dir: Path | None = typer.Option(None, help="Avatar cache folder (default ~/.cache/lipdub)."),
-        max_audio_s: float = typer.Option(1800.0, help="Longest accepted speech, seconds (0: no limit)."),
-        max_video_s: float = typer.Option(600.0, help="Longest accepted template video, seconds (0: no limit)."),
-        max_side: int = typer.Option(4096, help="Largest accepted picture side, pixels (0: no limit)."),
-        max_size_mb: float = typer.Option(2048.0, help="Largest accepted input file, MB (0: no limit)."),
+        max_audio_s: float = MAX_AUDIO_S,
+        max_video_s: float = MAX_VIDEO_S,
+        max_side: int = MAX_SIDE,
+        max_size_mb: float = MAX_SIZE_MB,
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more detail."),
     ) -> None:
         """Make the person in FACE speak AUDIO and write an MP4."""
         setup_logging(verbose)
-        from lipdub.media.limits import MB, Limits
         from lipdub.pipeline import generate as run
 
-        limits = Limits(max_bytes=int(max_size_mb * MB), max_audio_s=max_audio_s, max_video_s=max_video_s,
-                        max_side=max_side)
+        limits = limits_from(max_size_mb, max_audio_s, max_video_s, max_side)
 
         if text is None:
             side = audio.with_suffix(".txt")

@@ -24,6 +24,8 @@ from typing import Any, Protocol
 
 from lipdub.jobs.storage import Storage
 from lipdub.jobs.store import CANCELLED, DONE, FAILED, RUNNING, JobStore
+from lipdub.media.encode import partial_path
+from lipdub.media.limits import Limits
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,9 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 0.5
 # How long a cancelled child gets to stop on SIGTERM before it is killed.
 TERMINATE_GRACE_S = 5.0
+# Size, length and resolution limits switched off (0): a job's inputs passed the server's at upload.
+ACCEPTED_AT_UPLOAD = Limits(max_bytes=0, max_audio_s=0.0, max_video_s=0.0, max_side=0)
+PARTIAL_NAME = "result.partial.mp4"  # the render's output until the job is done
 
 
 def run_job(job_id: str, store: JobStore, storage: Storage, *, token: str, device: str = "auto",
@@ -54,7 +59,7 @@ def run_job(job_id: str, store: JobStore, storage: Storage, *, token: str, devic
     face = storage.upload_path(job.face_key)
     out_dir = storage.job_dir(job_id)
     out_dir.mkdir(parents=True, exist_ok=True)
-    partial = out_dir / "result.partial.mp4"
+    partial = out_dir / PARTIAL_NAME
     log.info("Job %s (attempt %d): audio %s, face %s, options %s", job_id, job.attempts, job.audio_name,
              job.face_name, opts)
 
@@ -77,10 +82,12 @@ def run_job(job_id: str, store: JobStore, storage: Storage, *, token: str, devic
     store.report_progress(job_id, token, "starting", 0.0, "loading models")
     ok = False
     try:
+        # The server checked both files against its own limits when they were uploaded (stored by content,
+        # so unchanged since); the library's default limits must not refuse them again here.
         result = lipdub.generate(audio, face, partial, device=device, engine=opts.get("engine") or "auto",
                                  quality=opts.get("quality") or "balanced", fps=opts.get("fps"),
                                  text=opts.get("text"), head_motion=opts.get("head_motion", True),
-                                 progress=on_progress, cancel=cancel)
+                                 progress=on_progress, cancel=cancel, limits=ACCEPTED_AT_UPLOAD)
         ok = True
     except Exception as e:
         from lipdub.pipeline import Cancelled
@@ -95,8 +102,12 @@ def run_job(job_id: str, store: JobStore, storage: Storage, *, token: str, devic
                          "removed. Free some space (or delete old jobs) and retry.")
             return FAILED
         if isinstance(e, LipdubError):
-            log.error("%s", e)
-            store.finish(job_id, token, FAILED, error=str(e))
+            # Stored uploads are named by their hash; the user knows them by the names they gave.
+            error = str(e)
+            for stored, name in ((audio, job.audio_name), (face, job.face_name)):
+                error = error.replace(str(stored), name).replace(stored.name, name)
+            log.error("%s", error)
+            store.finish(job_id, token, FAILED, error=error)
             return FAILED
         log.exception("The render failed")
         store.finish(job_id, token, FAILED, error=f"Internal error while rendering: {type(e).__name__}: {e}")
@@ -273,19 +284,31 @@ class LocalDispatcher:
                     self._wake.wait(self.poll_s)
                     self._wake.clear()
                     continue
-                proc = None
-                if self._hand_over(spare, job.id, job.run_token or "", self.storage.log_path(job.id)):
-                    proc, spare = spare, None
-                    if prewarm:
-                        spare = self._spawn_standby(device)  # warms up while this job renders
                 try:
+                    proc = None
+                    if self._hand_over(spare, job.id, job.run_token or "", self.storage.log_path(job.id)):
+                        proc, spare = spare, None
+                        if prewarm:
+                            spare = self._spawn_standby(device)  # warms up while this job renders
                     self._run_child(job.id, job.run_token or "", device, proc)
                 except Exception:
+                    # A full disk (the job's log) or a database hiccup: fail this job, keep the worker.
                     log.exception("Worker %d failed to run job %s", index, job.id)
-                    self.store.finish(job.id, job.run_token, FAILED, error="The job could not be started.")
+                    self._fail_unstarted(job.id, job.run_token or "")
         finally:
             if spare is not None and spare.poll() is None:
                 _terminate(spare, grace=1.0)
+
+    def _fail_unstarted(self, job_id: str, token: str) -> None:
+        """Record that a claimed job could not be run; retried a little, since the database may be
+        what failed. If it still cannot be recorded, the next start re-queues the job."""
+        for wait in (0.0, 1.0, 5.0):
+            time.sleep(wait)
+            try:
+                self.store.finish(job_id, token, FAILED, error="The job could not be started; see the server log.")
+                return
+            except Exception:
+                log.exception("Could not record that job %s failed", job_id)
 
     def _run_child(self, job_id: str, token: str, device: str, proc: subprocess.Popen | None = None) -> None:
         """Run (or, given a standby ``proc`` already handed the job, watch) the render of one job."""
@@ -329,6 +352,11 @@ class LocalDispatcher:
             with self._lock:
                 self._procs.pop(job_id, None)
         code = proc.wait()
+        # A child killed mid-render (timeout, memory, a cancel past its grace) leaves its writer's hidden
+        # file, or a finished but unclaimed output, behind; one that ended normally has renamed both.
+        partial = self.storage.job_dir(job_id) / PARTIAL_NAME
+        for stray in (partial_path(partial, proc.pid), partial):
+            stray.unlink(missing_ok=True)
         job = self.store.get(job_id)
         if job is None:
             self.storage.delete_job(job_id)  # deleted while it ran: drop what the child left behind

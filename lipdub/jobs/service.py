@@ -4,11 +4,13 @@ store uploads, submit jobs and batches, cancel, delete, zip results, report disk
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import re
 import tempfile
 import threading
+import time
 import zipfile
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 
 AUDIO, FACE = "audio", "face"
 _OPTION_RE = re.compile(r"^[a-zA-Z0-9_.:-]{1,32}$")
+STALE_TMP_S = 6 * 3600.0  # a file in tmp/ untouched this long belongs to no upload or zip in progress
 
 
 @dataclass
@@ -172,12 +175,16 @@ class Studio:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        for stale in (self.storage.root / "tmp").iterdir():  # half-written uploads and zips of a crash
-            stale.unlink(missing_ok=True)
+        # Half-written uploads and zips of a crash. Only old ones: another server may share this data
+        # dir (docs/deploy.md), and its uploads in progress are being written to right now.
+        for stale in (self.storage.root / "tmp").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - stale.stat().st_mtime > STALE_TMP_S:
+                    stale.unlink(missing_ok=True)
         self.dispatcher.start()
         self.apply_retention()
-        if self.settings.retention_days > 0:
-            threading.Thread(target=self._retention_loop, daemon=True, name="lipdub-retention").start()
+        # Hourly even when finished jobs are kept forever: uploads of refused requests must still go.
+        threading.Thread(target=self._retention_loop, daemon=True, name="lipdub-retention").start()
 
     def stop(self) -> None:
         self._retention_stop.set()
@@ -244,7 +251,19 @@ class Studio:
 
     # -- jobs ------------------------------------------------------------------------------------
 
-    def _options(self, engine: str | None, quality: str | None, head_motion: bool | None = None) -> dict[str, Any]:
+    def check_batch_shape(self, n_audios: int, n_faces: int) -> str:
+        """The batch's mode ("faces" or "audios"), or :class:`ValidationError`; callable before any upload is
+        stored, so a refused batch stores nothing."""
+        if not n_audios or not n_faces:
+            raise ValidationError("A batch needs at least one audio and one face.", "audio" if not n_audios else "face")
+        if n_audios > 1 and n_faces > 1:
+            raise ValidationError("A batch is one audio with many faces, or many audios with one face.", "faces")
+        mode = "faces" if n_audios == 1 else "audios"
+        if n_audios * n_faces > self.settings.max_batch_items:
+            raise ValidationError(f"A batch holds at most {self.settings.max_batch_items} items.", mode)
+        return mode
+
+    def check_options(self, engine: str | None, quality: str | None, head_motion: bool | None = None) -> dict[str, Any]:
         """Check engine and quality names now, not minutes later in the render."""
         opts: dict[str, Any] = {}
         if head_motion is not None:
@@ -263,7 +282,7 @@ class Studio:
     def submit(self, audio: Upload, face: Upload, *, engine: str | None = None, quality: str | None = None,
                head_motion: bool | None = None) -> Job:
         job = self.store.create_job(audio.key, face.key, audio_name=audio.name, face_name=face.name,
-                                    options=self._options(engine, quality, head_motion))
+                                    options=self.check_options(engine, quality, head_motion))
         log.info("Job %s queued: %s + %s", job.id, audio.name, face.name)
         self.dispatcher.notify()
         return job
@@ -271,16 +290,10 @@ class Studio:
     def submit_batch(self, audios: list[Upload], faces: list[Upload], *, engine: str | None = None,
                      quality: str | None = None, head_motion: bool | None = None) -> tuple[str, list[Job]]:
         """One audio x many faces, or many audios x one face."""
-        if not audios or not faces:
-            raise ValidationError("A batch needs at least one audio and one face.", "audio" if not audios else "face")
-        if len(audios) > 1 and len(faces) > 1:
-            raise ValidationError("A batch is one audio with many faces, or many audios with one face.", "faces")
-        mode = "faces" if len(audios) == 1 else "audios"
+        mode = self.check_batch_shape(len(audios), len(faces))
         pairs = [(a, f) for a in audios for f in faces]
-        if len(pairs) > self.settings.max_batch_items:
-            raise ValidationError(f"A batch holds at most {self.settings.max_batch_items} items.", mode)
         items = [(a.key, f.key, a.name, f.name) for a, f in pairs]
-        batch_id, jobs = self.store.create_batch(mode, items, self._options(engine, quality, head_motion))
+        batch_id, jobs = self.store.create_batch(mode, items, self.check_options(engine, quality, head_motion))
         log.info("Batch %s queued: %d job(s).", batch_id, len(jobs))
         self.dispatcher.notify()
         return batch_id, jobs
@@ -317,9 +330,24 @@ class Studio:
         if not done:
             raise ValidationError("None of these jobs has a finished result yet.", "ids")
         fd, tmp = tempfile.mkstemp(dir=self.storage.root / "tmp", suffix=".zip")
-        with open(fd, "wb") as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as z:
-            for j in done:
-                z.write(self.storage.result_path(j.id), self.result_name(j))
+        written = 0
+        try:
+            with open(fd, "wb") as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as z:
+                for j in done:
+                    try:
+                        z.write(self.storage.result_path(j.id), self.result_name(j))
+                        written += 1
+                    except FileNotFoundError:
+                        log.info("Job %s was deleted while its result was being zipped; left out.", j.id)
+        except BaseException as e:
+            Path(tmp).unlink(missing_ok=True)
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                raise DiskFull("The server's disk is full; the zip could not be made. Download the videos "
+                               "one by one, or free some space.") from e
+            raise
+        if not written:
+            Path(tmp).unlink(missing_ok=True)
+            raise ValidationError("None of these jobs has a finished result any more.", "ids")
         return Path(tmp)
 
     def usage(self) -> dict[str, Any]:

@@ -411,12 +411,14 @@ class JobStore:
         return requeued
 
     def requeue(self, job_id: str, token: str, message: str) -> bool:
-        """Put a running job back in the queue (its worker is shutting down, not the job failing)."""
+        """Put a running job back in the queue (its worker is shutting down, not the job failing). The
+        attempt is not counted: MAX_ATTEMPTS is for jobs that keep taking their server down with them,
+        and a server that is restarted for maintenance should not fail them."""
         with self.session() as s:
             res = s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.run_token == token,
                                                  JobRow.status == RUNNING)
                             .values(status=QUEUED, stage="queued", progress=0.0, run_token=None,
-                                    message=message, updated_at=utcnow()))
+                                    attempts=JobRow.attempts - 1, message=message, updated_at=utcnow()))
             return res.rowcount == 1
 
     # -- deleting --------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -51,6 +52,28 @@ def nvenc_available() -> bool:
     return True
 
 
+def check_writable(out: str | os.PathLike) -> None:
+    """Refuse an output that cannot be written, before minutes of analysis instead of after them."""
+    out = Path(out)
+    if out.is_dir():
+        raise InputError(f"{out} is a folder; give the output a file name, such as {out / 'out.mp4'}.")
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise InputError(f"Cannot write {out}: {blocker} is a file, not a folder; choose another output path.")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".check")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InputError(f"Cannot write {out} ({e.strerror or e}); choose another output path.") from e
+
+
+def partial_path(out: Path, pid: int) -> Path:
+    """Where process ``pid``'s :class:`VideoWriter` writes ``out`` until it is complete (hidden, beside it)."""
+    return out.with_name(f".{out.stem}.partial{pid}.mp4")
+
+
 class VideoWriter:
     """Writes I420 frames and the user's full-quality audio into an MP4, atomically.
 
@@ -62,7 +85,7 @@ class VideoWriter:
                  colour: tuple[int, int, int] = (2, 2, 2)) -> None:
         self.out = Path(out)
         self.colour = colour
-        self.tmp = self.out.with_name(f".{self.out.stem}.partial{os.getpid()}.mp4")
+        self.tmp = partial_path(self.out, os.getpid())
         self.fps = fps
         self.width, self.height = width, height
         q = quality(quality_name)

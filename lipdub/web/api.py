@@ -127,6 +127,7 @@ def create_job(audio: UploadFile = File(..., description="Speech recording (any 
                engine: str | None = Form(None), quality: str | None = Form(None),
                head_motion: bool | None = Form(None, description="Photos: sway and nod slightly (default true)"),
                studio: Studio = Depends(get_studio)) -> dict[str, Any]:
+    studio.check_options(engine, quality, head_motion)  # before storing: a refused request stores nothing
     a = _store(studio, audio, AUDIO)
     f = _store(studio, face, FACE)
     job = studio.submit(a, f, engine=engine, quality=quality, head_motion=head_motion)
@@ -201,8 +202,9 @@ def create_batch(audio: UploadFile | None = File(None), faces: list[UploadFile] 
     if not audio_files or not face_files:
         raise ValidationError("Send `audio` with several `faces`, or several `audios` with one `face`.",
                               "audio" if not audio_files else "faces")
-    if len(audio_files) > 1 and len(face_files) > 1:
-        raise ValidationError("A batch is one audio with many faces, or many audios with one face.", "faces")
+    # Shape, size and options before storing anything: a refused batch stores nothing.
+    studio.check_batch_shape(len(audio_files), len(face_files))
+    studio.check_options(engine, quality, head_motion)
     # Inputs stored before a later one is refused are dropped by the hourly clean-up, not here:
     # a concurrent request may be about to use the same content.
     a = [_store(studio, f, AUDIO) for f in audio_files]

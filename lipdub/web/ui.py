@@ -15,6 +15,7 @@ from typing import Any
 
 import gradio as gr
 
+from lipdub.errors import InputError
 from lipdub.jobs.service import AUDIO, FACE, Studio, ValidationError, check_media, engine_names, quality_names
 from lipdub.jobs.store import DONE, FINISHED, Job
 
@@ -150,10 +151,11 @@ def _single_tab(studio: Studio) -> None:
                 yield "**Refused:** Pick a speech file and a face video or photo first.", "", ""
                 return
             try:
+                studio.check_options(e, q, hm)
                 up_a = studio.add_upload_path(a_path, AUDIO)
                 up_f = studio.add_upload_path(f_path, FACE)
                 job = studio.submit(up_a, up_f, quality=q, engine=e, head_motion=hm)
-            except ValidationError as e:
+            except InputError as e:  # refused, or the server's disk is full
                 yield f"**Refused:** {e}", "", ""
                 return
             yield from _follow(studio, job.id)
@@ -238,10 +240,12 @@ def _batch_tab(studio: Studio) -> None:
                     raise ValidationError("Pick at least one speech file and one face.")
                 if len(pa) > 1 and len(pf) > 1:
                     raise ValidationError("Use one speech with many faces, or many speeches with one face.")
+                studio.check_batch_shape(len(pa), len(pf))  # before storing: a refused batch stores nothing
+                studio.check_options(e, q, hm)
                 ups_a = [studio.add_upload_path(p, AUDIO) for p in pa]
                 ups_f = [studio.add_upload_path(p, FACE) for p in pf]
                 batch_id, _jobs = studio.submit_batch(ups_a, ups_f, quality=q, engine=e, head_motion=hm)
-            except ValidationError as e:
+            except InputError as e:  # refused, or the server's disk is full
                 yield f"**Refused:** {e}", None, ""
                 return
             while True:
