@@ -161,3 +161,31 @@ def test_a_job_that_cannot_be_started_fails_and_the_worker_goes_on(tmp_path, mon
         assert studio.store.get(second.id).status == "done"
     finally:
         studio.stop()
+
+
+def test_a_database_hiccup_does_not_orphan_a_running_render(tmp_path, monkeypatch):
+    """The loop that watches a render read the job from the database every half second and let an error
+    escape: one restart of PostgreSQL left the render running unwatched and its job failed (embedded)
+    or acknowledged and stuck (Celery)."""
+    from sqlalchemy.exc import OperationalError
+
+    from lipdub.jobs.service import AUDIO, FACE, Studio
+
+    (photo,) = need_media("portrait_474.png")
+    audio = short_audio(tmp_path / "speech.wav", 2.0)
+    studio = Studio(Settings(data_dir=tmp_path / "data", device="cpu", workers=1))
+    a, f = studio.add_upload_path(audio, AUDIO), studio.add_upload_path(photo, FACE)
+    job = studio.submit(a, f)
+    claimed = studio.store.claim_next("test")
+    real_get, failures = studio.store.get, []
+
+    def flaky_get(job_id: str):
+        if len(failures) < 4:  # the database is away for the first two seconds of the render
+            failures.append(job_id)
+            raise OperationalError("SELECT", {}, Exception("server closed the connection unexpectedly"))
+        return real_get(job_id)
+
+    monkeypatch.setattr(studio.store, "get", flaky_get)
+    studio.dispatcher.run_claimed(job.id, claimed.run_token, "cpu")
+    assert len(failures) == 4
+    assert real_get(job.id).status == "done", real_get(job.id)

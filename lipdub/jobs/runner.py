@@ -9,6 +9,7 @@ is also how a Celery worker on another machine will report (it calls :func:`run_
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -128,6 +129,17 @@ def run_job(job_id: str, store: JobStore, storage: Storage, *, token: str, devic
     log.warning("Job %s finished, but another attempt owns it now.", job_id)
     now = store.get(job_id)
     return now.status if now else FAILED
+
+
+def _with_retries(call: Callable[[], Any], what: str, waits: tuple[float, ...] = (0.5, 1, 2, 4, 8, 15, 30)) -> Any:
+    """``call()``, retried for about a minute: the database may be restarting (docs/deploy.md)."""
+    for wait in waits:
+        try:
+            return call()
+        except Exception:
+            log.warning("Could not %s; trying again in %g s.", what, wait, exc_info=True)
+            time.sleep(wait)
+    return call()
 
 
 def _thumbnail(video: Path, out: Path, size: int = 256) -> None:
@@ -300,15 +312,13 @@ class LocalDispatcher:
                 _terminate(spare, grace=1.0)
 
     def _fail_unstarted(self, job_id: str, token: str) -> None:
-        """Record that a claimed job could not be run; retried a little, since the database may be
-        what failed. If it still cannot be recorded, the next start re-queues the job."""
-        for wait in (0.0, 1.0, 5.0):
-            time.sleep(wait)
-            try:
-                self.store.finish(job_id, token, FAILED, error="The job could not be started; see the server log.")
-                return
-            except Exception:
-                log.exception("Could not record that job %s failed", job_id)
+        """Record that a claimed job could not be run (retried: the database may be what failed). If it
+        still cannot be recorded, the next start re-queues the job."""
+        try:
+            _with_retries(lambda: self.store.finish(job_id, token, FAILED, error="The job could not be started; "
+                                                    "see the server log."), f"record that job {job_id} failed")
+        except Exception:
+            log.exception("Job %s stays 'running' until the next start re-queues it", job_id)
 
     def _run_child(self, job_id: str, token: str, device: str, proc: subprocess.Popen | None = None) -> None:
         """Run (or, given a standby ``proc`` already handed the job, watch) the render of one job."""
@@ -339,11 +349,16 @@ class LocalDispatcher:
                     # Shutting down is not cancelling: put the job back first (which also voids
                     # this attempt's token, so the child cannot record "cancelled"), then stop it.
                     stopping = True
-                    if self.store.requeue(job_id, token, "re-queued: the server was shut down"):
-                        log.info("Job %s re-queued for the next start.", job_id)
+                    with contextlib.suppress(Exception):  # if the database is away, the next start re-queues it
+                        if self.store.requeue(job_id, token, "re-queued: the server was shut down"):
+                            log.info("Job %s re-queued for the next start.", job_id)
                     _terminate(proc, grace=2.0)
                     break
-                now = self.store.get(job_id)
+                try:
+                    now = self.store.get(job_id)
+                except Exception:  # the database is briefly away: keep watching the render, ask again later
+                    log.warning("Could not read job %s; the render goes on.", job_id, exc_info=True)
+                    continue
                 if not cancelled and (now is None or now.cancel_requested):
                     cancelled = True  # cancelled, or deleted while running
                     log.info("Cancelling job %s.", job_id)
@@ -357,7 +372,7 @@ class LocalDispatcher:
         partial = self.storage.job_dir(job_id) / PARTIAL_NAME
         for stray in (partial_path(partial, proc.pid), partial):
             stray.unlink(missing_ok=True)
-        job = self.store.get(job_id)
+        job = _with_retries(lambda: self.store.get(job_id), f"read job {job_id}")
         if job is None:
             self.storage.delete_job(job_id)  # deleted while it ran: drop what the child left behind
             return
@@ -365,9 +380,10 @@ class LocalDispatcher:
             log.info("Job %s: %s.", job_id, job.status)
             return  # the child recorded the outcome (or the job was deleted meanwhile)
         if stopping:
-            self.store.requeue(job_id, token, "re-queued: the server was shut down")
+            _with_retries(lambda: self.store.requeue(job_id, token, "re-queued: the server was shut down"),
+                          f"re-queue job {job_id}")
         elif cancelled or job.cancel_requested:
-            self.store.finish(job_id, token, CANCELLED)
+            _with_retries(lambda: self.store.finish(job_id, token, CANCELLED), f"record job {job_id} as cancelled")
             log.info("Job %s cancelled.", job_id)
         else:
             why = (f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}")
@@ -376,7 +392,7 @@ class LocalDispatcher:
             error = f"The render process stopped unexpectedly ({why}){hint}; see the job log."
             if over:
                 error = f"The render was stopped: {over}."
-            self.store.finish(job_id, token, FAILED, error=error)
+            _with_retries(lambda: self.store.finish(job_id, token, FAILED, error=error), f"record job {job_id} as failed")
             with open(log_path, "a") as f:
                 f.write(f"[ERROR] {error}\n")
             log.warning("Job %s failed: %s", job_id, error)
