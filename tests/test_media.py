@@ -363,3 +363,58 @@ def test_output_speech_starts_with_the_video(tmp_path, name: str, rate: int) -> 
     scores = [float(np.dot(win, got[rate // 2 + k: rate // 2 + k + len(win)])) for k in lags]
     assert list(lags)[int(np.argmax(scores))] == 0, "the output's speech is shifted against the input's"
     assert n > rate
+
+
+@pytest.mark.parametrize("rate", [10_000, 37_800])
+def test_speech_at_a_rate_aac_cannot_carry_is_resampled(tmp_path, rate: int) -> None:
+    """Only some rates exist in AAC; a 10 kHz recording made the encoder fail after the whole analysis."""
+    import wave
+
+    from lipdub.media.encode import AAC_RATES, VideoWriter
+
+    samples = load_audio(media("en_radio_8s.wav"), sample_rate=rate).samples[: 2 * rate]
+    src = tmp_path / f"speech_{rate}.wav"
+    with wave.open(str(src), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    writer = VideoWriter(tmp_path / "out.mp4", 64, 64, Fraction(25), probe(src), "fast")
+    for _ in range(50):
+        writer.write(np.full((96, 64), 128, np.uint8))
+    writer.close()
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        assert c.streams.audio[0].codec_context.sample_rate in AAC_RATES
+    assert abs(load_audio(tmp_path / "out.mp4").duration - 2.0) < 0.05
+
+
+def test_a_streamed_webm_without_a_stated_length_is_measured(tmp_path) -> None:
+    """A browser's MediaRecorder writes WebM as a stream, with no duration in its header; such speech was
+    refused as "empty (0.00 s)"."""
+    import io
+
+    class Unseekable(io.RawIOBase):  # a live stream: the muxer cannot go back to write the length
+        def __init__(self, f) -> None:  # noqa: ANN001
+            self.f = f
+
+        def writable(self) -> bool:
+            return True
+
+        def seekable(self) -> bool:
+            return False
+
+        def write(self, b) -> int:  # noqa: ANN001
+            return self.f.write(b)
+
+    speech = load_audio(media("en_radio_8s.wav"), sample_rate=48000).samples[: 2 * 48000]
+    out = tmp_path / "recorded.webm"
+    with open(out, "wb") as f, av.open(Unseekable(f), "w", format="webm") as o:
+        st = o.add_stream("libopus", rate=48000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(speech.astype(np.float32)[None, :], format="flt", layout="mono")
+        frame.sample_rate = 48000
+        for packet in [*st.encode(frame), *st.encode(None)]:
+            o.mux(packet)
+    with av.open(str(out)) as c:
+        assert c.duration is None  # the case at hand
+    info = probe(out)
+    assert info.kind == "audio" and abs(info.duration - 2.0) < 0.05

@@ -52,6 +52,15 @@ def nvenc_available() -> bool:
     return True
 
 
+# The rates AAC can carry (up to 48 kHz: more only costs bits for speech).
+AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+
+
+def aac_rate(source_rate: int) -> int:
+    """The AAC rate to resample speech at ``source_rate`` to: the lowest that loses nothing of it."""
+    return next((r for r in AAC_RATES if r >= source_rate), AAC_RATES[-1])
+
+
 def check_writable(out: str | os.PathLike) -> None:
     """Refuse an output that cannot be written, before minutes of analysis instead of after them."""
     out = Path(out)
@@ -95,7 +104,7 @@ class VideoWriter:
         self.frames_written = 0
         self._audio_in = av.open(str(audio.path), metadata_errors="ignore")
         src = self._audio_in.streams.audio[0]
-        rate = min(48000, max(8000, src.codec_context.sample_rate or 44100))
+        rate = aac_rate(src.codec_context.sample_rate or 44100)
         layout = "mono" if (src.codec_context.channels or 2) == 1 else "stereo"
         self.audio = self.container.add_stream("aac", rate=rate, layout=layout)
         self.audio.bit_rate = 192_000 if layout == "stereo" else 128_000

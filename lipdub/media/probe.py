@@ -74,6 +74,8 @@ def probe(path: str | os.PathLike, limits: Limits | None = None) -> MediaInfo:
         vstreams = [s for s in container.streams.video if not _is_cover_art(s)]
         astreams = list(container.streams.audio)
         duration = _duration(container)
+        if duration <= 0 and fmt.split(",")[0] not in _IMAGE_FORMATS:
+            duration = _scanned_duration(p)
         info = dict(path=p, container=fmt, duration=duration, has_video=bool(vstreams), has_audio=bool(astreams))
         if astreams:
             a = astreams[0]
@@ -168,6 +170,24 @@ def _duration(container: av.container.InputContainer) -> float:
         if s.duration and s.time_base:
             best = max(best, float(s.duration * s.time_base))
     return best
+
+
+def _scanned_duration(p: Path) -> float:
+    """Length from the packets themselves, for files whose header states none: streamed WebM or MKV,
+    as a browser's MediaRecorder writes them. Reads the file without decoding it."""
+    first, end = None, 0.0
+    try:
+        with av.open(str(p), metadata_errors="ignore") as c:
+            streams = [s for s in c.streams if s.type in ("audio", "video") and not _is_cover_art(s)]
+            for pkt in c.demux(streams):
+                if pkt.pts is None or pkt.time_base is None:
+                    continue
+                t = float(pkt.pts * pkt.time_base)
+                first = t if first is None else min(first, t)
+                end = max(end, float((pkt.pts + (pkt.duration or 0)) * pkt.time_base))
+    except (av.FFmpegError, OSError):
+        pass  # what could be read counts; a damaged file is answered by the checks that follow
+    return max(0.0, end - (first or 0.0))
 
 
 def _fps(v: av.video.stream.VideoStream) -> Fraction:
