@@ -300,3 +300,53 @@ def test_average_ranks_match_scipy() -> None:
     for n in (1, 2, 7, 500):
         for x in (rng.random(n), np.round(rng.random(n) * 4) / 4, np.zeros(n)):  # distinct, tied, all equal
             assert np.array_equal(average_ranks(x), rankdata(x))
+
+
+def _face_near_the_edges(dst: Path) -> Path:
+    """Katie's clip cropped so her mouth and chin sit at the left and bottom edges (a tight selfie)."""
+    with av.open(str(media("katie_talk_512.mp4"))) as src, av.open(str(dst), "w") as out:
+        st = out.add_stream("libx264", rate=25)
+        st.width, st.height, st.pix_fmt = 312, 420, "yuv420p"
+        for f in src.decode(video=0):
+            img = np.ascontiguousarray(f.to_ndarray(format="rgb24")[40:460, 200:512])
+            for p in st.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(p)
+        for p in st.encode(None):
+            out.mux(p)
+    return dst
+
+
+def test_a_face_at_the_frame_edge_gets_no_mouth_from_beyond_it(tmp_path: Path) -> None:
+    """Each bank entry's crop is cut by the frame's edge. A source cut where its output frame still has
+    face was once pasted anyway, and resampling filled the gap with its edge row repeated: a block of
+    streaks under the chin. Sources must cover what their frame needs, and whatever still falls beyond
+    a source's crop must come from the frame itself (alpha 0)."""
+    from lipdub.render.bank import image_extent, needed_extent
+    from lipdub.render.retrieval import fade_beyond_source
+    from lipdub.render.select import missing_region
+
+    info = probe(_face_near_the_edges(tmp_path / "edge.mp4"))
+    avatar = analyse_template(info, Fraction(25), tmp_path / "cache")
+    n_out = 120
+    open_ = 0.45 + 0.4 * np.sin(np.arange(n_out) / 3.0)  # talking all along: every source is in play
+    ctx = _context(info, avatar, n_out, open_)
+    renderer = RetrievalRenderer(select_device("cpu"))
+    renderer.prepare(ctx)
+    bank = renderer.bank
+    assert bank is not None
+    reach = np.array([image_extent(bank.landmarks(avatar, j), int(w), int(h))
+                      for j, (h, w) in enumerate(bank.images.shapes)])
+    need = np.array([needed_extent(avatar.landmarks[int(f)], avatar.width, avatar.height)
+                     for f in ctx.template_indices])
+
+    def worst(path: np.ndarray) -> float:
+        return float(missing_region(need, reach[path]).max())
+
+    blind, _ = RetrievalRenderer.plan(ctx, bank, Costs(edge_tol=float("inf")))  # the choice as it was
+    assert worst(blind) > 0.15  # the premise: this template does tempt the plan into cut sources
+    assert worst(renderer.path) < 0.08  # in the mask's faint outer feather, and faded out at the cut
+
+    alpha = np.ones((40, 60), np.float32)
+    gx, gy = np.meshgrid(np.arange(60, dtype=np.float32) - 20.0, np.arange(40, dtype=np.float32) + 20.0)
+    faded = fade_beyond_source(alpha, np.dstack([gx, gy]), 100, 100, feather=8.0)
+    assert np.all(faded[:, :20] == 0) and np.all(faded[:, 28:] == 1)  # the source starts at column 20

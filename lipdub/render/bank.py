@@ -28,6 +28,7 @@ from lipdub.face.landmarks import LIPS_INNER_LOWER, LIPS_INNER_UPPER, eye_centre
 from lipdub.media.decode import VideoDecoder, prefetched
 from lipdub.media.frames import crop_bgr, crop_i420, frame_size, planes
 from lipdub.media.probe import MediaInfo
+from lipdub.render.blend import composite_polygon
 from lipdub.render.masks import lower_face_polygon
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,25 @@ def region_box(lm: np.ndarray, width: int, height: int) -> tuple[int, int, int, 
     x1 = min(width - width % 2, (int(x1) + 1) & ~1)
     y1 = min(height - height % 2, (int(y1) + 1) & ~1)
     return x0, y0, max(x1, x0 + 2), max(y1, y0 + 2)
+
+
+def image_extent(lm: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Where the edges of one face's image lie (left, top, right, bottom), relative to its stable points'
+    centre, in inter-ocular distances: for a bank entry, how far its stored crop reaches."""
+    c = lm[STABLE].mean(0)
+    iod = max(float(inter_ocular(lm)), 1.0)
+    return np.array([-c[0], -c[1], width - c[0], height - c[1]], np.float32) / iod
+
+
+def needed_extent(lm: np.ndarray, width: int, height: int) -> np.ndarray:
+    """How far the composite mask of one frame reaches inside its image (left, top, right, bottom),
+    relative to its stable points' centre, in inter-ocular distances: what a source pasted on it must have.
+    A source is aligned on the stable points, so the two extents compare directly."""
+    poly = composite_polygon(lm)
+    (x0, y0), (x1, y1) = np.maximum(poly.min(0), 0), np.minimum(poly.max(0), [width, height])
+    c = lm[STABLE].mean(0)
+    iod = max(float(inter_ocular(lm)), 1.0)
+    return np.array([x0 - c[0], y0 - c[1], x1 - c[0], y1 - c[1]], np.float32) / iod
 
 
 def teeth_score_i420(crop: np.ndarray, lm: np.ndarray) -> float:

@@ -31,7 +31,7 @@ from lipdub.face.landmarks import (
     lip_gap,
 )
 from lipdub.media.frames import pack, planes
-from lipdub.render.bank import STABLE, MouthBank, mouth_bank, pose_descriptor
+from lipdub.render.bank import STABLE, MouthBank, image_extent, mouth_bank, needed_extent, pose_descriptor
 from lipdub.render.base import FrameTask, RenderContext, RenderedCrop, Renderer
 from lipdub.render.blend import REACH, colour_ring, composite_alpha_box, match_colour_i420
 from lipdub.render.geometry import apply_affine, similarity
@@ -55,6 +55,8 @@ MIN_FRAMES = 25
 EXTRAPOLATE = 0.02
 # Resampled bicubic (sharp) this far around the lips (x iod); bilinear beyond, on smooth skin.
 SHARP_MARGIN = 0.15
+# Where the chosen source's crop was cut by the frame's edge, the mask fades out over this (x iod).
+SOURCE_FEATHER = 0.08
 # Points whose target position is the template frame's (the mask outline), not the source's.
 _OUTLINE = [205, 425, 98, 2, 327, 93, 132, 323, 361, 58, 288, 50, 280, 187, 411, 147, 376]
 # Points that carry the source's mouth shape through the outline correction: lips and lower jaw.
@@ -146,7 +148,16 @@ class RetrievalRenderer(Renderer):
         used = used[av.found[used]]
         pose[used] = pose_descriptor(av.landmarks[used], ref_iod)
         base_pose = pose[base]
-        cand, cost = candidates(targets, bank, base, base_pose, c)
+        need = extent = None
+        if _near_edges(av):
+            # A source whose crop the frame's edge cut must not be pasted where its frame needs what was
+            # cut away (measured only when some face comes near an edge: 0.3 ms a frame).
+            need = np.zeros((av.n_frames, 4), np.float32)
+            need[used] = [needed_extent(av.landmarks[f], av.width, av.height) for f in used]
+            need = need[base]
+            extent = np.array([image_extent(bank.landmarks(av, j), int(w), int(h))
+                               for j, (h, w) in enumerate(bank.images.shapes)], np.float32).reshape(-1, 4)
+        cand, cost = candidates(targets, bank, base, base_pose, c, base_need=need, bank_extent=extent)
         return viterbi(cand, cost, bank, targets.speech, c), targets
 
     def close(self) -> None:
@@ -225,6 +236,8 @@ class RetrievalRenderer(Renderer):
         if pull is None:  # too few points to triangulate: the similarity alone
             gx, gy = np.meshgrid(np.arange(x0, x1, dtype=np.float32), np.arange(y0, y1, dtype=np.float32))
             pull = cv2.transform(np.dstack([gx, gy]), inv.astype(np.float32))
+        h_s, w_s = (int(v) for v in bank.images.shapes[j])
+        alpha = fade_beyond_source(alpha, pull, w_s, h_s, SOURCE_FEATHER * iod)
         # Bicubic where sharpness shows (the lips, teeth and their surroundings), bilinear on the
         # cheeks and chin, whose smooth skin looks the same either way at a fraction of the cost.
         lips = dst[LIPS_OUTER_UPPER + LIPS_OUTER_LOWER] - np.float32([x0, y0])
@@ -248,6 +261,28 @@ class RetrievalRenderer(Renderer):
         strength = float(np.clip(extra / (0.06 * iod), 0.0, 1.0))
         draw_mouth_interior(warped, moved, iod, strength)
         return warped
+
+
+def _near_edges(avatar: Avatar, margin: float = 1.0) -> bool:
+    """Whether any found face comes within ``margin`` inter-ocular distances of the frame's edges (the
+    bank's regions and the composite masks reach less far past the landmarks than that)."""
+    lm = avatar.landmarks[avatar.found]
+    if not len(lm):
+        return False
+    pad = margin * inter_ocular(lm)[:, None]
+    lo, hi = lm.min(1) - pad, lm.max(1) + pad
+    return bool((lo < 0).any() or (hi[:, 0] > avatar.width).any() or (hi[:, 1] > avatar.height).any())
+
+
+def fade_beyond_source(alpha: np.ndarray, pull: np.ndarray, width: int, height: int, feather: float) -> np.ndarray:
+    """``alpha`` faded out where ``pull`` reaches past the source image, whose crop was cut by the frame's
+    edge when the face was near it: the resampling would fill that with its edge row repeated (streaks
+    under the chin), so the template frame's own pixels show there instead."""
+    px, py = pull[..., 0], pull[..., 1]
+    if min(float(px.min()), float(py.min())) >= 0 and float(px.max()) <= width - 1 and float(py.max()) <= height - 1:
+        return alpha  # the usual case: the whole box comes from inside the source
+    inside = np.minimum(np.minimum(px, py), np.minimum(width - 1 - px, height - 1 - py))
+    return alpha * np.clip(inside / max(feather, 1.0), 0.0, 1.0)
 
 
 def remap_sharp(src: np.ndarray, pull: np.ndarray, sharp: tuple[int, int, int, int]) -> np.ndarray:

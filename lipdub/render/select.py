@@ -41,6 +41,11 @@ class Costs:
     pose_weight: float = 6.0
     light_weight: float = 0.08  # per Lab unit
     teeth_weight: float = 1.2
+    # A source whose stored region the frame's edge cut where the output frame needs it: beyond the cut
+    # there is nothing to paste. Up to edge_free (iod) falls in the mask's faint outer feather, where the
+    # frame's own pixels take over unseen; beyond, each edge_tol more costs 1 (squared, not capped).
+    edge_free: float = 0.05
+    edge_tol: float = 0.01
 
 
 def map_targets(track: MouthTrack, bank_gap: np.ndarray, bank_width: np.ndarray) -> Targets:
@@ -69,13 +74,27 @@ def map_targets(track: MouthTrack, bank_gap: np.ndarray, bank_width: np.ndarray)
     return Targets(gap.astype(np.float32), width.astype(np.float32), track.speech.astype(bool), rest)
 
 
-def unary_costs(t: Targets, bank, base_frames: np.ndarray, base_pose: np.ndarray, c: Costs) -> np.ndarray:
-    """(T, S) match cost of every bank entry for every output frame."""
+def missing_region(needed: np.ndarray, available: np.ndarray) -> np.ndarray:
+    """(..., ) how much (inter-ocular distances, summed over the four sides) of the needed extents lies
+    beyond the available ones; broadcasts over leading axes."""
+    near = np.maximum(available[..., :2] - needed[..., :2], 0.0).sum(-1)  # left, top
+    far = np.maximum(needed[..., 2:] - available[..., 2:], 0.0).sum(-1)  # right, bottom
+    return near + far
+
+
+def unary_costs(t: Targets, bank, base_frames: np.ndarray, base_pose: np.ndarray, c: Costs,
+                base_need: np.ndarray | None = None, bank_extent: np.ndarray | None = None) -> np.ndarray:
+    """(T, S) match cost of every bank entry for every output frame; with ``base_need`` (T, 4) and
+    ``bank_extent`` (S, 4) (:func:`lipdub.render.bank.needed_extent`, :func:`~lipdub.render.bank.image_extent`),
+    also for the part of a frame's region a source's crop does not reach."""
     u = ((bank.gap[None, :] - t.gap[:, None]) / c.gap_tol) ** 2
     u += c.width_weight * ((bank.width[None, :] - t.width[:, None]) / c.width_tol) ** 2
     dp = bank.pose[None, :, :3] - base_pose[:, None, :3]
     u += c.base_pose_weight * np.sqrt((dp ** 2).sum(-1) + 1e-12)
     u = np.minimum(u, c.unary_cap)
+    if base_need is not None and bank_extent is not None:
+        missing = missing_region(base_need[:, None, :], bank_extent[None, :, :])
+        u += (np.maximum(missing - c.edge_free, 0.0) / c.edge_tol) ** 2
     u -= c.same_frame_bonus * (bank.frames[None, :] == base_frames[:, None])
     return u.astype(np.float32)
 
@@ -95,7 +114,8 @@ def transition_costs(bank, prev: np.ndarray, cur: np.ndarray, silent: bool | np.
 
 
 def candidates(t: Targets, bank, base_frames: np.ndarray, base_pose: np.ndarray, c: Costs, k: int = 40,
-               block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+               block: int = 256, base_need: np.ndarray | None = None,
+               bank_extent: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` cheapest bank entries for every output frame, (T, k), and their match costs, (T, k).
 
     Costs are computed a block of output frames at a time, so memory is O(block x S), not O(T x S):
@@ -108,7 +128,8 @@ def candidates(t: Targets, bank, base_frames: np.ndarray, base_pose: np.ndarray,
     for a in range(0, n_t, block):
         rows = slice(a, min(a + block, n_t))
         part = Targets(t.gap[rows], t.width[rows], t.speech[rows], t.rest)
-        u = unary_costs(part, bank, base_frames[rows], base_pose[rows], c)
+        u = unary_costs(part, bank, base_frames[rows], base_pose[rows], c,
+                        None if base_need is None else base_need[rows], bank_extent)
         best = np.argpartition(u, k - 1, axis=1)[:, :k] if k < n_s else np.tile(np.arange(n_s), (len(u), 1))
         cand[rows] = best
         cost[rows] = np.take_along_axis(u, best, 1)
