@@ -99,3 +99,32 @@ def test_main_face_is_largest_and_central_then_kept() -> None:
     assert choose_main_face([small, big], (800, 600), None) is big
     moved = big + 5
     assert choose_main_face([small, moved], (800, 600), big) is moved
+
+
+@needs_media
+def test_a_speaker_hidden_for_a_moment_gets_the_main_face_back(tmp_path) -> None:
+    """Someone else in view while the speaker is hidden for three frames: the main face used to stay on
+    that other person for the rest of the video, and the smoothing slid the landmarks across the gap
+    between the two faces (a warped jaw pasted half off the speaker's face)."""
+    import cv2
+
+    other = cv2.resize(cv2.cvtColor(cv2.imread(str(media("portrait_474.png"))), cv2.COLOR_BGR2RGB), (420, 420))
+    path = tmp_path / "two.mp4"
+    with av.open(str(media("katie_talk_512.mp4"))) as src, av.open(str(path), "w") as out:
+        st = out.add_stream("libx264", rate=25)
+        st.width, st.height, st.pix_fmt = 960, 512, "yuv420p"
+        for i, f in enumerate(src.decode(video=0)):
+            if i == 60:
+                break
+            canvas = np.zeros((512, 960, 3), np.uint8)
+            canvas[:, :512] = 40 if 30 <= i < 33 else f.to_ndarray(format="rgb24")
+            canvas[46:466, 530:950] = other
+            for p in st.encode(av.VideoFrame.from_ndarray(canvas, format="rgb24")):
+                out.mux(p)
+        for p in st.encode(None):
+            out.mux(p)
+    lm = analyse_template(probe(path), Fraction(25), tmp_path / "cache").landmarks
+    x = lm[:, :, 0].mean(1)
+    assert np.all(x[:30] < 480) and np.all(x[40:] < 480)  # the speaker, before and soon after
+    # Never between the two faces: every frame is on one of them, none slid across.
+    assert np.all((x < 480) | (x > 560))

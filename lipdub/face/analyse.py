@@ -25,6 +25,11 @@ ANALYSIS_MAX_SIDE = 1280
 # The mesh resamples the face to 192 px whatever it is given, so a window 2.2 faces wide needs no more
 # than this: a 1080p face window shrinks before its colour conversion instead of after.
 WINDOW_MAX_SIDE = 640
+# After the main face changed to another person, the whole frame is searched every ANCHOR_EVERY frames
+# for the one it replaced, for up to ANCHOR_FRAMES (about 10 s): a speaker hidden for a moment while
+# someone else is in view gets the lip-sync back when they reappear.
+ANCHOR_EVERY = 3
+ANCHOR_FRAMES = 250
 
 
 FrameSink = Callable[[int, np.ndarray, "np.ndarray | None"], None]
@@ -116,11 +121,39 @@ class _FaceWindow:
     def __init__(self, width: int, height: int) -> None:
         self.width, self.height = width, height
         self.box: tuple[int, int, int, int] | None = None
+        self.last: np.ndarray | None = None  # the main face when it was last seen
+        # Who was followed before the main face changed to someone else (the speaker hidden for a moment
+        # while another person is in view): looked for again now and then, and returned to when back.
+        self.anchor: np.ndarray | None = None
+        self.anchor_age = 0
 
     def find(self, tracker: FaceMesh, searcher: FaceMesh, frame: np.ndarray,
              previous: np.ndarray | None) -> np.ndarray | None:
         """The main face in ``frame``: tracked in the window (``tracker``, one face), or searched for in
         the whole frame (``searcher``, every face) when there is no window or the face left it."""
+        if self.anchor is not None:
+            self.anchor_age += 1
+            if self.anchor_age > ANCHOR_FRAMES:
+                self.anchor = None
+            elif self.anchor_age % ANCHOR_EVERY == 0:
+                back = [f for f in self._search(searcher, frame) if same_face(f, self.anchor)]
+                if back:
+                    self.anchor, self.box = None, None
+                    self.last = back[0]
+                    return back[0]
+        main = self._find(tracker, searcher, frame, previous)
+        if main is not None:
+            self.last = main
+            if self.anchor is not None and same_face(main, self.anchor):
+                self.anchor = None  # found again on its own
+        return main
+
+    def _search(self, searcher: FaceMesh, frame: np.ndarray) -> list[np.ndarray]:
+        rgb, s = to_rgb(frame, ANALYSIS_MAX_SIDE)
+        return [f / s for f in searcher.detect(rgb)]
+
+    def _find(self, tracker: FaceMesh, searcher: FaceMesh, frame: np.ndarray,
+              previous: np.ndarray | None) -> np.ndarray | None:
         box = self.box
         if previous is not None:
             self._follow(previous)
@@ -140,9 +173,12 @@ class _FaceWindow:
                 if same_face(main, previous):  # tracking may have jumped to a neighbour's face
                     return main
             self.box = None
-        rgb, s = to_rgb(frame, ANALYSIS_MAX_SIDE)
-        main = choose_main_face(searcher.detect(rgb), (rgb.shape[1], rgb.shape[0]), None)
-        return None if main is None else main / s
+        # Lost: search the whole frame, preferring whoever is where the main face was last seen.
+        ref = previous if previous is not None else self.last
+        main = choose_main_face(self._search(searcher, frame), (self.width, self.height), ref)
+        if main is not None and ref is not None and not same_face(main, ref) and self.anchor is None:
+            self.anchor, self.anchor_age = ref, 0
+        return main
 
     def _follow(self, lm: np.ndarray) -> None:
         fx0, fy0 = lm.min(0)

@@ -102,12 +102,22 @@ def smooth_landmarks(raw: np.ndarray, fps: float) -> np.ndarray:
     out = raw.astype(np.float32, copy=True)
     found = ~np.isnan(raw[:, 0, 0])
     edges = np.flatnonzero(np.diff(np.concatenate([[0], found.astype(np.int8), [0]])))
-    for start, stop in zip(edges[::2], edges[1::2], strict=True):
+    # A run also ends where the main face jumps to another place (another person, a cut): filtered across
+    # the jump, the landmarks would slide between the two faces for several frames.
+    runs = [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+    runs = [part for a, b in runs for part in _split_at_jumps(raw, a, b)]
+    for start, stop in runs:
         seg = raw[start:stop]
         scale = max(float(inter_ocular(seg[0])), 1.0)
         out[start:stop] = _zero_phase(seg, fps, scale)
         out[start:stop, SPEECH_POINTS] = _zero_phase(seg[:, SPEECH_POINTS], fps, scale, **SPEECH_FILTER)
     return out
+
+
+def _split_at_jumps(raw: np.ndarray, start: int, stop: int) -> list[tuple[int, int]]:
+    """[start, stop) cut wherever consecutive frames' faces are not :func:`same_face`."""
+    cuts = [start] + [k for k in range(start + 1, stop) if not same_face(raw[k], raw[k - 1])] + [stop]
+    return list(zip(cuts[:-1], cuts[1:], strict=True))
 
 
 def _zero_phase(seg: np.ndarray, fps: float, scale: float, **settings: float) -> np.ndarray:
