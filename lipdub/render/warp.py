@@ -104,7 +104,7 @@ class WarpRenderer(Renderer):
         # in a step between a raised upper lip and a lowered corner.
         t = np.clip(np.abs(u) / corner, 0.0, 1.0)
         pull = t ** UPPER_PULL_POWER
-        lens_corner = np.where(u < 0, lens[78], lens[308])
+        lens_corner = np.where(u * u[78] > 0, lens[78], lens[308])  # each side follows its own corner
         w[_UPPER_LIP] = (-0.12 * lens * (1 - pull) + lens_corner * pull)[_UPPER_LIP]
         w[corners] = lens[corners]
         moved = lm + np.outer(w * delta, ey)
