@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from lipdub.jobs.storage import Storage
+from lipdub.jobs.storage import Storage, as_named_by_user
 from lipdub.jobs.store import CANCELLED, DONE, FAILED, RUNNING, JobStore
 from lipdub.media.encode import partial_path
 from lipdub.media.limits import Limits
@@ -106,7 +106,7 @@ def run_job(job_id: str, store: JobStore, storage: Storage, *, token: str, devic
             # Stored uploads are named by their hash; the user knows them by the names they gave.
             error = str(e)
             for stored, name in ((audio, job.audio_name), (face, job.face_name)):
-                error = error.replace(str(stored), name).replace(stored.name, name)
+                error = as_named_by_user(error, stored, name)
             log.error("%s", error)
             store.finish(job_id, token, FAILED, error=error)
             return FAILED

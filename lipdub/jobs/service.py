@@ -21,7 +21,7 @@ from lipdub.errors import InputError
 from lipdub.face.avatar import default_cache_root
 from lipdub.face.cache import avatars_root, budget_bytes, cached_avatars
 from lipdub.jobs.runner import Dispatcher, LocalDispatcher, default_workers
-from lipdub.jobs.storage import LocalStorage, UploadTooLarge
+from lipdub.jobs.storage import LocalStorage, UploadTooLarge, as_named_by_user
 from lipdub.jobs.store import DONE, FINISHED, RUNNING, Job, JobStore, sqlite_url, utcnow
 from lipdub.media.limits import Limits, check_audio, check_face, safe_name
 
@@ -107,7 +107,7 @@ def check_media(path: str | Path, role: str, *, name: str | None = None, max_dur
         (check_audio if role == AUDIO else check_face)(info, name, limits)
     except InputError as e:
         # The stored file is named by its hash; say what the user called it.
-        msg = str(e).replace(str(path), name).replace(Path(path).name, name)
+        msg = as_named_by_user(str(e), path, name)
         cut = msg.find(" (")
         if cut != -1 and "/" in msg[cut:]:  # the decoder's detail names a server-side path: drop it
             msg = msg[:cut].rstrip(".") + "."

@@ -22,6 +22,11 @@ _CHUNK = 1 << 20
 _SAFE_EXT = re.compile(r"^\.[a-z0-9]{1,5}$")
 
 
+def as_named_by_user(text: str, stored: str | os.PathLike, name: str) -> str:
+    """``text`` with a stored upload (named by its hash) called by the name its user gave it."""
+    return text.replace(str(stored), name).replace(Path(stored).name, name)
+
+
 class UploadTooLarge(Exception):
     """The stream was longer than the allowed size (the partial file is already removed)."""
 
