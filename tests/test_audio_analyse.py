@@ -51,10 +51,12 @@ def test_english_open_follows_speech(radio: AudioClip, radio_track: MouthTrack) 
     tr = radio_track
     assert len(tr) == int(np.ceil(radio.duration * 25))
     _check_ranges(tr)
-    assert 0.5 < tr.speech.mean() < 0.98  # the clip has two clear pauses
-    assert tr.open[tr.speech].mean() > 3 * tr.open[~tr.speech].mean() + 0.05
-    # The mouth moves during speech (syllables), it is not a constant plateau.
+    assert 0.5 < tr.speech.mean() < 0.98  # the clip has two short pauses
+    # The mouth moves during speech (syllables), it is not a constant plateau, and the learned opening
+    # agrees with the hand-built fusion of phones and acoustics it was given (0.51 here).
     assert tr.open[tr.speech].std() > 0.08
+    _, cv = AN.analyse_detailed(radio)
+    assert np.corrcoef(tr.open, AN.track_from_curves(cv, 25.0, len(tr)).open)[0, 1] > 0.4
 
 
 def test_deterministic_and_exact_length(radio: AudioClip, radio_track: MouthTrack) -> None:
@@ -104,14 +106,16 @@ def test_silence_rests_without_quiver() -> None:
 
 
 def test_pause_in_real_speech_is_still() -> None:
-    # en_speech_12s has several pauses of 0.5-1.7 s (the radio clip's one 0.4 s pause is now mostly
-    # taken by the pre-speech opening of the next phrase).
+    # en_speech_12s has several pauses of 0.5-1.7 s. Real mouths stay parted in the shorter gaps of
+    # speech; from AN.REST_AFTER_S away from any speech the mouth is at rest and does not move.
     tr = analyse(load_audio(media("en_speech_12s.wav")), 25.0)
     quiet = ~tr.speech
-    # Interior runs of silence (away from the easing at their edges) do not move.
-    core = quiet & np.roll(quiet, 2) & np.roll(quiet, -2)
-    assert core.sum() >= 20
-    assert np.ptp(tr.open[core]) < 0.02
+    reach = int(np.ceil((AN.REST_AFTER_S + 0.16) * 25))  # the rest gate's reach and its easing
+    core = quiet.copy()
+    for k in range(1, reach + 1):
+        core &= np.roll(quiet, k) & np.roll(quiet, -k)
+    assert core.sum() >= 8
+    assert tr.open[core].max() < 0.02 and np.ptp(tr.open[core]) < 0.02
 
 
 def test_clipped_audio(radio: AudioClip, radio_track: MouthTrack) -> None:

@@ -11,6 +11,9 @@ HOP_S = 0.010  # shared by every stage: VAD, phones (pocketsphinx uses 100 frame
 WIN_S = 0.025
 # Band edges in Hz: voice bar, F1 region, F2 region, fricative/burst region.
 BANDS = ((80.0, 300.0), (300.0, 1000.0), (1000.0, 3000.0), (3000.0, 7600.0))
+# Log-mel bands for the learned mouth model (lipdub.audio.mouth_model), from the spectrum computed anyway.
+N_MELS = 26
+MEL_RANGE = (80.0, 7600.0)
 
 
 @dataclass
@@ -23,14 +26,21 @@ class Features:
     f2: np.ndarray  # second formant, Hz (NaN where unvoiced or silent)
     voicing: np.ndarray  # 0..1 normalised autocorrelation peak in the pitch range
     burst: np.ndarray  # 0..1 positive spectral flux in the high band (plosive releases)
+    mel_db: np.ndarray  # (n, N_MELS) log-mel energies, dB
 
     def __len__(self) -> int:
         return len(self.rms_db)
 
     @classmethod
     def concat(cls, parts: list[Features]) -> Features:
-        return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in
-                     ("rms_db", "bands_db", "f1", "f2", "voicing", "burst")))
+        return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in FIELDS))
+
+    def rows(self, index: slice | np.ndarray) -> Features:
+        """The same measurements for a subset of hops (a slice or an index array)."""
+        return Features(*(getattr(self, k)[index] for k in FIELDS))
+
+
+FIELDS = ("rms_db", "bands_db", "f1", "f2", "voicing", "burst", "mel_db")
 
 
 def _frames(x: np.ndarray, sr: int, n: int) -> np.ndarray:
@@ -40,6 +50,21 @@ def _frames(x: np.ndarray, sr: int, n: int) -> np.ndarray:
     xp = np.concatenate([np.zeros(pad, np.float32), x, np.zeros(win + hop, np.float32)])
     idx = np.arange(n)[:, None] * hop + np.arange(win)[None, :]
     return xp[idx]
+
+
+def mel_filterbank(sr: int, nfft: int, n_mels: int = N_MELS, fmin: float = MEL_RANGE[0],
+                   fmax: float = MEL_RANGE[1]) -> np.ndarray:
+    """(n_mels, nfft // 2 + 1) triangular filters equally spaced on the mel scale (HTK formula)."""
+    def mel(f: np.ndarray | float) -> np.ndarray:
+        return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
+
+    fmax = min(fmax, sr / 2)
+    edges_hz = 700.0 * (10 ** (np.linspace(mel(fmin), mel(fmax), n_mels + 2) / 2595.0) - 1.0)
+    freqs = np.fft.rfftfreq(nfft, 1.0 / sr)
+    lo, mid, hi = edges_hz[:-2, None], edges_hz[1:-1, None], edges_hz[2:, None]
+    rise = (freqs[None, :] - lo) / (mid - lo)
+    fall = (hi - freqs[None, :]) / (hi - mid)
+    return np.clip(np.minimum(rise, fall), 0.0, None).astype(np.float32)
 
 
 def n_hops(n_samples: int, sr: int) -> int:
@@ -131,5 +156,7 @@ def compute_features(x: np.ndarray, sr: int) -> Features:
     burst = np.clip(rise / 20.0, 0.0, 1.0)
     ok = (rms_db > -55.0) & (voicing > 0.35)
     f1, f2 = _formants(frames, sr, ok)
+    mel_db = 10 * np.log10(spec @ mel_filterbank(sr, nfft).T + 1e-10)
     return Features(rms_db.astype(np.float32), bands_db.astype(np.float32), f1.astype(np.float32),
-                    f2.astype(np.float32), voicing.astype(np.float32), burst.astype(np.float32))
+                    f2.astype(np.float32), voicing.astype(np.float32), burst.astype(np.float32),
+                    mel_db.astype(np.float32))

@@ -69,7 +69,7 @@ def plot_track(path: Path, clip, analysis, track) -> None:  # noqa: ANN001 - int
 def run(audio: Path, fps: float, text: str | None = None, json_out: Path | None = None,
         plot: Path | None = None) -> None:
     """The command's work, callable in-process (bench/score_audio.py uses it)."""
-    from lipdub.audio.fusion import analyse_detailed, track_from_curves
+    from lipdub.audio.fusion import analyse_detailed, mouth_track
     from lipdub.media.audio import load_audio
 
     audio, json_out, plot = Path(audio), json_out and Path(json_out), plot and Path(plot)
@@ -83,7 +83,7 @@ def run(audio: Path, fps: float, text: str | None = None, json_out: Path | None 
     t0 = time.perf_counter()
     analysis, curves = analyse_detailed(clip, transcript_for(audio, text))
     n_frames = int(math.ceil(clip.duration * fps - 1e-9))
-    track = track_from_curves(curves, fps, n_frames)
+    track = mouth_track(analysis, curves, fps, n_frames)
     log.info("Analysed %.1f s of audio in %.2f s (%d frames at %g fps, %s).", clip.duration,
              time.perf_counter() - t0, n_frames, fps, "aligned" if analysis.aligned else "allphone")
     if json_out is not None:
