@@ -455,3 +455,98 @@ def test_ui_uploads_live_in_the_data_dir_are_rate_limited_and_swept(tmp_path, in
             os.utime(p, (old, old))
         assert studio.sweep_ui_uploads() == len(kept) + 1
         assert not [p for p in (data / "gradio").rglob("*") if p.is_file()]
+
+
+class _InProcessServer:
+    """The app under uvicorn in a thread: a real HTTP server whose studio renders nothing."""
+
+    def __init__(self, app) -> None:  # noqa: ANN001
+        import socket
+        import threading
+
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None,
+                                                    access_log=False))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):  # noqa: ANN204
+        import httpx
+
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/api/v1/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("in-process server did not start")
+
+    def __exit__(self, *exc) -> None:  # noqa: ANN002
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def _ui_run(c, files: list[dict], fn: str = "run") -> str:  # noqa: ANN001
+    """Press Generate through Gradio's HTTP API and return the first thing the page would show."""
+    event = c.post(f"/gradio_api/call/{fn}", json={"data": [*files, "fast", "auto", True]}).json()["event_id"]
+    with c.stream("GET", f"/gradio_api/call/{fn}/{event}", timeout=30) as s:
+        for line in s.iter_lines():
+            if line.startswith("data:"):
+                return line
+    return ""
+
+
+def _ui_upload(c, path: Path) -> dict:  # noqa: ANN001
+    (stored,) = c.post("/gradio_api/upload", files=[("files", (path.name, path.read_bytes()))]).json()
+    return {"path": stored, "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
+
+
+def test_ui_submissions_share_the_rate_limit(tmp_path, inputs) -> None:
+    import httpx
+
+    settings = Settings(data_dir=tmp_path / "d", device="cpu", workers=1, rate_per_minute=6, rate_burst=3)
+    with _InProcessServer(create_app(settings, Studio(settings, dispatcher=NoRender()))) as srv, \
+            httpx.Client(base_url=srv.url, timeout=30) as c:
+        files = [_ui_upload(c, inputs["audio"]), _ui_upload(c, inputs["face"])]
+        assert "queued" in _ui_run(c, files)
+        assert [c.post("/api/v1/jobs", files=_files(inputs)).status_code for _ in range(2)] == [202, 202]
+        assert "Too many submissions" in _ui_run(c, files)  # the UI's press takes the same bucket
+        assert "Too many submissions" in _ui_run(c, [[files[0]], [files[1]]], fn="run_1")
+        assert c.post("/api/v1/jobs", files=_files(inputs)).status_code == 429
+        assert c.get("/api/v1/jobs").json()["total"] == 3
+
+
+def test_ui_pages_following_renders_do_not_starve_the_api(tmp_path, inputs) -> None:
+    """45 pages each follow a job that never ends (nothing renders here); the API must still answer."""
+    import concurrent.futures
+
+    import httpx
+
+    settings = Settings(data_dir=tmp_path / "d", device="cpu", workers=1, rate_per_minute=0)
+    with _InProcessServer(create_app(settings, Studio(settings, dispatcher=NoRender()))) as srv, \
+            httpx.Client(base_url=srv.url, timeout=30) as c:
+        files = [_ui_upload(c, inputs["audio"]), _ui_upload(c, inputs["face"])]
+        with concurrent.futures.ThreadPoolExecutor(45) as pool:
+            firsts = list(pool.map(lambda _i: _ui_run(httpx.Client(base_url=srv.url, timeout=30), files), range(45)))
+        assert all("queued" in f for f in firsts), firsts[:3]
+        time.sleep(3)  # every page is now in its follow loop
+        jobs = c.get("/api/v1/jobs", params={"page_size": 100}).json()
+        assert jobs["total"] == 45
+        worst = 0.0
+        for _ in range(5):
+            t0 = time.monotonic()
+            with httpx.Client(base_url=srv.url, timeout=10) as fresh:
+                assert fresh.get("/api/v1/health").json()["queued"] == 45
+                assert fresh.get(f"/api/v1/jobs/{jobs['items'][0]['id']}").status_code == 200
+            worst = max(worst, time.monotonic() - t0)
+        t0 = time.monotonic()
+        r = httpx.post(f"{srv.url}/api/v1/jobs/{jobs['items'][1]['id']}/cancel", timeout=10)
+        assert r.status_code == 200 and r.json()["status"] == "cancelled"
+        worst = max(worst, time.monotonic() - t0)
+        assert worst < 3.0, worst
