@@ -188,3 +188,37 @@ def test_gradio_api_reads_copies_and_serves_only_its_own_uploads(tmp_path) -> No
     finally:
         server.stop()
     assert "SENTINEL" not in server.log()
+
+
+def test_each_layer_refuses_a_file_the_page_did_not_upload(tmp_path) -> None:
+    """Past the front door (the path is inside the UI's upload folder), Gradio refuses a link that leads out
+    of it, and the handlers refuse a file that is there but was not uploaded through the page."""
+    from fastapi.testclient import TestClient
+    from studio_support import LOCAL, NoRender
+
+    from lipdub.jobs.service import Settings, Studio
+    from lipdub.web.app import create_app
+
+    secret = short_audio(tmp_path / "secret.wav", 1.0)
+    settings = Settings(data_dir=tmp_path / "d", device="cpu", workers=1)
+    with TestClient(create_app(settings, Studio(settings, dispatcher=NoRender())), base_url=LOCAL) as c:
+        ui_dir = c.app.state.studio.storage.ui_dir
+        (ui_dir / "planted").mkdir(parents=True)
+        link = ui_dir / "planted" / "link.wav"
+        link.symlink_to(secret)
+        placed = ui_dir / "planted" / "placed.wav"
+        shutil.copy(secret, placed)
+        before = _age_atime(secret)
+        text = _call(c, "describe", [[_file_data(link)], None])
+        assert "**OK:**" not in text and "error" in text, text
+        assert secret.stat().st_atime == before
+        text = _call(c, "describe", [[_file_data(placed)], None])
+        assert "was not uploaded through this page" in text, text
+        placed_face = shutil.copy(need_media("portrait_474.png")[0], ui_dir / "planted" / "face.png")
+        text = _call(c, "run", [_file_data(placed), _file_data(placed_face), "fast", "auto", True])
+        assert "was not uploaded through this page" in text, text
+        assert c.get("/api/v1/jobs").json()["total"] == 0
+        # The front door refuses what is outside the folder, or a URL to fetch, before Gradio sees it.
+        for named in (str(secret), "https://example.com/a.wav", str(ui_dir / ".." / "lipdub.db")):
+            r = c.post("/gradio_api/call/describe", json={"data": [[_file_data(named)], None]})
+            assert r.status_code == 422 and "not uploaded through the studio's page" in r.json()["detail"], named

@@ -51,7 +51,7 @@ def create_app(settings: Settings, studio: Studio | None = None) -> FastAPI:
     # One bucket per client for submissions, whether they come through the API or the UI.
     limiter = RateLimiter(settings.rate_per_minute, settings.rate_burst) if settings.rate_per_minute > 0 else None
     demo = _mount_ui(app, settings, studio, limiter)
-    _guard(app, settings, auth, limiter)
+    _guard(app, settings, auth, limiter, studio.storage.ui_dir)
     app.state.ui = demo
     return app
 
@@ -95,7 +95,7 @@ def _private_paths(settings: Settings, studio: Studio) -> list[Path]:
     return paths
 
 
-def _guard(app: FastAPI, settings: Settings, auth: Any, limiter: Any) -> None:
+def _guard(app: FastAPI, settings: Settings, auth: Any, limiter: Any, ui_dir: Path) -> None:
     """Host allow-list, cross-site refusal, auth, size and rate limits in front of everything (API and
     UI); CORS only when asked for."""
     from fastapi.middleware.cors import CORSMiddleware
@@ -116,7 +116,7 @@ def _guard(app: FastAPI, settings: Settings, auth: Any, limiter: Any) -> None:
     # Added last, so it runs first: nothing (CORS preflight included) reaches the app unchecked.
     app.add_middleware(Guard, auth=auth, max_body=int(settings.max_request_mb * 1024 * 1024), limiter=limiter,
                        max_part=int(settings.max_upload_mb * 1024 * 1024), upload_limiter=uploads,
-                       allowed_hosts=hosts, cors_origins=settings.cors_origins)
+                       allowed_hosts=hosts, cors_origins=settings.cors_origins, ui_dir=ui_dir)
 
 
 def serve(settings: Settings) -> None:

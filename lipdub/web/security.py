@@ -38,6 +38,7 @@ PUBLIC_HEALTH = "/api/v1/health"
 # the same bucket in lipdub/web/ui.py.
 RATE_LIMITED = ("/api/v1/jobs", "/api/v1/batches")
 GRADIO_UPLOAD = "/gradio_api/upload"
+UI_EVENT_MAX_BYTES = 1 << 20  # a UI event carries settings and file references, never file contents
 # Gradio routes the studio never uses: fetching URLs on the server's behalf, sending history to a hub,
 # screen recordings, live code editing.
 GRADIO_REFUSED = ("/gradio_api/proxy=", "/gradio_api/file=http:", "/gradio_api/file=https:",
@@ -279,10 +280,11 @@ class Guard:
 
     def __init__(self, app: Any, *, auth: Auth | None, max_body: int, limiter: RateLimiter | None,
                  max_part: int | None = None, upload_limiter: RateLimiter | None = None,
-                 allowed_hosts: frozenset[str] = frozenset(LOOPBACK_NAMES), cors_origins: tuple[str, ...] = ()
-                 ) -> None:
+                 allowed_hosts: frozenset[str] = frozenset(LOOPBACK_NAMES), cors_origins: tuple[str, ...] = (),
+                 ui_dir: Path | None = None) -> None:
         self.app, self.auth, self.max_body, self.limiter = app, auth, max_body, limiter
         self.max_part, self.upload_limiter = max_part, upload_limiter
+        self.ui_dir = os.path.normpath(ui_dir) if ui_dir is not None else None
         self.allowed_hosts, self.cors_origins = allowed_hosts, tuple(o.rstrip("/") for o in cors_origins)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -315,7 +317,7 @@ class Guard:
         new_session = (self.auth is not None and self.auth.token is not None and "token=" in query
                        and any(hmac.compare_digest(t.encode(), self.auth.token.encode())
                                for t in parse_qs(query).get("token", [])))
-        if any(path.startswith(p) for p in GRADIO_REFUSED):
+        if any(path.lower().startswith(p) for p in GRADIO_REFUSED):
             return await _refuse(send, http, 404, "Not found.")
         if not http:
             return await self.app(scope, receive, send)
@@ -332,8 +334,20 @@ class Guard:
         if length is not None and length.isdigit() and int(length) > self.max_body:
             return await _json(send, 413, _error(self._too_large()))
 
-        parts = None
         content_type = headers.get("content-type", "")
+        if (self.ui_dir is not None and method == "POST" and path.startswith("/gradio_api/")
+                and path.rstrip("/") != GRADIO_UPLOAD and not content_type.lower().startswith("multipart/")):
+            body = await _whole_body(receive, UI_EVENT_MAX_BYTES)
+            if body is None:
+                return await _json(send, 413, _error(f"A UI request is larger than {_mb(UI_EVENT_MAX_BYTES)}."))
+            named = _file_outside(body, self.ui_dir)
+            if named is not None:
+                log.warning("Refused a UI request from %s naming a file it did not upload: %r", client, named[:300])
+                return await _json(send, 422, _error("A file in this request was not uploaded through the studio's "
+                                                     "page; upload it there first."))
+            receive = _replay(body, receive)
+
+        parts = None
         # Gradio's own upload route enforces the same per-file limit while streaming and removes its
         # partial files itself; a refusal raised from here would leave them behind.
         if (self.max_part is not None and method == "POST" and content_type.lower().startswith("multipart/")
@@ -390,6 +404,54 @@ class Guard:
 
     def _too_large(self) -> str:
         return f"The request is larger than the {_mb(self.max_body)} limit."
+
+
+async def _whole_body(receive: Any, limit: int) -> bytes | None:
+    """The request's body, or None when it is over ``limit`` or the client went away."""
+    chunks, size = [], 0
+    while True:
+        msg = await receive()
+        if msg["type"] != "http.request":
+            return None
+        chunks.append(msg.get("body", b""))
+        size += len(chunks[-1])
+        if size > limit:
+            return None
+        if not msg.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    sent = False
+
+    async def replayed() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
+
+
+def _file_outside(body: bytes, ui_dir: str) -> str | None:
+    """The first file path in a UI event's JSON that is not inside the UI's upload folder (a server path, a
+    URL to fetch), or None. Gradio's file values are objects with a ``path``."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None  # not JSON: Gradio answers it
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            named = item.get("path")
+            if isinstance(named, str) and not os.path.normpath(named).startswith(ui_dir + os.sep):
+                return named
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
 
 
 def _security_headers(path: str, present: list) -> list[tuple[bytes, bytes]]:
