@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from studio_support import Server, need_media, short_audio
+from studio_support import Server, need_media, short_audio, wait_job
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -174,6 +174,7 @@ def test_gradio_api_reads_copies_and_serves_only_its_own_uploads(tmp_path) -> No
             r = c.post("/api/v1/jobs", files=[("audio", ("again.wav", secrets["speech"].read_bytes())),
                                               ("face", ("again.png", photo.read_bytes()))])
             assert r.status_code == 202, r.text
+            job_id = r.json()["id"]
             assert c.get("/api/v1/jobs").json()["total"] == 1
             with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
                 assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -185,6 +186,17 @@ def test_gradio_api_reads_copies_and_serves_only_its_own_uploads(tmp_path) -> No
             assert Path(uploaded).is_relative_to(data.resolve() / "gradio"), uploaded
             text = _call(c, "describe", [[_file_data(uploaded)], None])
             assert "**OK:**" in text and "secret_speech.wav" not in json.dumps(text), text[:500]
+
+            # The job taken after the attack renders, the database keeps its files through it, and the job
+            # is still there after a restart (before: the next render took the WAL with it, and jobs
+            # accepted after that were lost).
+            assert wait_job(c, job_id, timeout=600)["status"] == "done"
+            for p, inode in db_files.items():
+                assert p.exists() and p.stat().st_ino == inode, p
+        server.stop()
+        server.start()
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            assert c.get(f"/api/v1/jobs/{job_id}").json()["status"] == "done"
     finally:
         server.stop()
     assert "SENTINEL" not in server.log()

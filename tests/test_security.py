@@ -54,8 +54,11 @@ def test_beyond_loopback_a_token_is_generated_and_required(tmp_path, caplog) -> 
         token = token_file.read_text().strip()
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600 and len(token) >= 24
         assert str(token_file) in caplog.text and token not in caplog.text  # the log names the file only
-        for path in ("/api/v1/jobs", "/api/v1/storage", "/", "/docs", "/openapi.json", "/gradio_api/info"):
+        for path in ("/api/v1/jobs", "/api/v1/storage", "/", "/docs", "/openapi.json", "/gradio_api/info", "/config",
+                     "/gradio_api/file=/etc/passwd", "/gradio_api/queue/data?session_hash=x", "/theme.css"):
             assert c.get(path).status_code == 401, path
+        for path in ("/gradio_api/upload", "/gradio_api/queue/join", "/gradio_api/call/run", "/gradio_api/run/run"):
+            assert c.post(path, json={}).status_code == 401, path
         assert c.post("/api/v1/jobs", files=[("audio", ("a.wav", b"x"))]).status_code == 401
         # Health stays public but says nothing beyond "ok".
         assert c.get("/api/v1/health").json() == {"status": "ok"}
