@@ -26,8 +26,8 @@ def register(app: typer.Typer) -> None:
         auth: str | None = typer.Option(None, help="token:SECRET or USER:PASSWORD; beyond loopback a token is "
                                         "generated on the first start if none is given."),
         cors_origin: list[str] = typer.Option([], help="Allow browser calls from this origin (repeatable)."),
-        allowed_host: list[str] = typer.Option([], help="Answer requests for this Host name besides localhost and "
-                                               "the bound address (repeatable; '*': any)."),
+        allowed_host: list[str] = typer.Option([], help="Answer requests for this Host name besides "
+                                               "localhost and the bound address (repeatable; '*': any)."),
         max_request_mb: float = typer.Option(2100.0, help="Largest request body."),
         rate_limit: float = typer.Option(30.0, help="Job submissions per minute per client (0: off)."),
         job_timeout: float = typer.Option(4 * 3600.0, help="Seconds before a render is stopped."),

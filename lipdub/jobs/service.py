@@ -57,7 +57,8 @@ class Settings:
     # The front door (lipdub/web/security.py).
     auth: str | None = None  # "token:SECRET" or "user:password"; None: open on loopback, a generated token beyond
     cors_origins: tuple[str, ...] = ()  # none: browsers refuse cross-origin calls
-    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides loopback's and the bound address; "*": any
+    # Host names answered besides loopback's and the bound address; "*": any.
+    allowed_hosts: tuple[str, ...] = ()
     max_request_mb: float = 2100.0  # a whole request body, enforced while it streams
     rate_per_minute: float = 30.0  # submissions per client address
     rate_burst: int = 20

@@ -49,7 +49,8 @@ def create_app(settings: Settings, studio: Studio | None = None) -> FastAPI:
         app.add_exception_handler(exc, handler)
 
     # One bucket per client for submissions, whether they come through the API or the UI.
-    limiter = RateLimiter(settings.rate_per_minute, settings.rate_burst) if settings.rate_per_minute > 0 else None
+    limiter = (RateLimiter(settings.rate_per_minute, settings.rate_burst)
+               if settings.rate_per_minute > 0 else None)
     demo = _mount_ui(app, settings, studio, limiter)
     _guard(app, settings, auth, limiter, studio.storage.ui_dir)
     app.state.ui = demo

@@ -101,7 +101,8 @@ class Auth:
         return 0 <= age < SESSION_MAX_AGE_S and hmac.compare_digest(sig, self._sign(issued))
 
     def _sign(self, issued: str) -> str:
-        return hmac.new((self.token or "").encode(), f"lipdub-session:{issued}".encode(), hashlib.sha256).hexdigest()
+        message = f"lipdub-session:{issued}".encode()
+        return hmac.new((self.token or "").encode(), message, hashlib.sha256).hexdigest()
 
 
 def parse_auth(spec: str) -> Auth:
@@ -175,8 +176,9 @@ def resolve_auth(spec: str | None, host: str, data_dir: Path) -> Auth | None:
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     log.warning("Listening on %r, beyond loopback, with no --auth: generated an access token, saved in %s "
-                "(mode 0600). Send it as 'Authorization: Bearer TOKEN', or open http://HOST:PORT/?token=TOKEN "
-                "once in a browser. Set your own with --auth token:SECRET or --auth USER:PASSWORD.", host, path)
+                "(mode 0600). Send it as 'Authorization: Bearer TOKEN', or open "
+                "http://HOST:PORT/?token=TOKEN once in a browser. Set your own with --auth token:SECRET "
+                "or --auth USER:PASSWORD.", host, path)
     _show_on_terminal(f"\n    lipdub access token: {token}\n\n")
     return Auth(token=token)
 
@@ -280,12 +282,13 @@ class Guard:
 
     def __init__(self, app: Any, *, auth: Auth | None, max_body: int, limiter: RateLimiter | None,
                  max_part: int | None = None, upload_limiter: RateLimiter | None = None,
-                 allowed_hosts: frozenset[str] = frozenset(LOOPBACK_NAMES), cors_origins: tuple[str, ...] = (),
-                 ui_dir: Path | None = None) -> None:
+                 allowed_hosts: frozenset[str] = frozenset(LOOPBACK_NAMES),
+                 cors_origins: tuple[str, ...] = (), ui_dir: Path | None = None) -> None:
         self.app, self.auth, self.max_body, self.limiter = app, auth, max_body, limiter
         self.max_part, self.upload_limiter = max_part, upload_limiter
         self.ui_dir = os.path.normpath(ui_dir) if ui_dir is not None else None
         self.allowed_hosts, self.cors_origins = allowed_hosts, tuple(o.rstrip("/") for o in cors_origins)
+        self._refused_hosts: set[str] = set()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -300,12 +303,13 @@ class Guard:
         if "*" not in self.allowed_hosts and host not in self.allowed_hosts:
             if path == PUBLIC_HEALTH and http:  # load balancers probe by address; they learn nothing more
                 return await _json(send, 200, {"status": "ok"})
-            log.warning("Refused a request for host %r (allowed: %s)", host[:100], ", ".join(sorted(self.allowed_hosts)))
-            return await _refuse(send, http, 400, f"This server does not answer for the host name '{host[:100]}'; "
-                                 "start it with --allowed-host NAME for each name clients use.")
+            self._note_refused_host(host[:100])
+            return await _refuse(send, http, 400, f"This server does not answer for the host name "
+                                 f"'{host[:100]}'; start it with --allowed-host NAME for each name "
+                                 "clients use.")
         if (not http or method not in SAFE_METHODS) and self._foreign(headers):
-            return await _refuse(send, http, 403, "Cross-site request refused: send it from the studio's own page, "
-                                 "or start the server with --cors-origin for that site.")
+            return await _refuse(send, http, 403, "Cross-site request refused: send it from the studio's own "
+                                 "page, or start the server with --cors-origin for that site.")
         authenticated = self.auth is None or self.auth.check(headers, query)
         if not authenticated:
             if path == PUBLIC_HEALTH and http:  # liveness for load balancers, no details
@@ -342,9 +346,10 @@ class Guard:
                 return await _json(send, 413, _error(f"A UI request is larger than {_mb(UI_EVENT_MAX_BYTES)}."))
             named = _file_outside(body, self.ui_dir)
             if named is not None:
-                log.warning("Refused a UI request from %s naming a file it did not upload: %r", client, named[:300])
-                return await _json(send, 422, _error("A file in this request was not uploaded through the studio's "
-                                                     "page; upload it there first."))
+                log.warning("Refused a UI request from %s naming a file it did not upload: %r",
+                            client, named[:300])
+                return await _json(send, 422, _error("A file in this request was not uploaded through the "
+                                                     "studio's page; upload it there first."))
             receive = _replay(body, receive)
 
         parts = None
@@ -401,6 +406,13 @@ class Guard:
         if any(f"{parsed.scheme}://{parsed.netloc}" == o for o in self.cors_origins):
             return False
         return parsed.netloc.lower() != headers.get("host", "").strip().lower()
+
+    def _note_refused_host(self, host: str) -> None:
+        # Once per name: a scanner trying names must not fill the log.
+        if host not in self._refused_hosts and len(self._refused_hosts) < 1000:
+            self._refused_hosts.add(host)
+            log.warning("Refused requests for host %r (answered: %s; add names with --allowed-host).",
+                        host, ", ".join(sorted(self.allowed_hosts)))
 
     def _too_large(self) -> str:
         return f"The request is larger than the {_mb(self.max_body)} limit."

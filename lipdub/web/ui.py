@@ -135,8 +135,8 @@ def _check_uploaded(path: str, studio: Studio, demo: gr.Blocks) -> None:
     if (real is None or candidate.is_symlink() or not real.is_file() or not real.is_relative_to(folder)
             or str(candidate) not in uploaded):
         log.warning("UI request named a file that was not uploaded through it: %r", path[:300])
-        raise ValidationError(f"{safe_name(candidate.name, 'The file')} was not uploaded through this page, or "
-                              "has expired; pick the file again.")
+        raise ValidationError(f"{safe_name(candidate.name, 'The file')} was not uploaded through this page, "
+                              "or has expired; pick the file again.")
 
 
 def _too_many(limiter: RateLimiter | None, request: gr.Request | None) -> str | None:
