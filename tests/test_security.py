@@ -110,6 +110,18 @@ def test_short_secrets_are_refused(spec: str) -> None:
         parse_auth(spec)
 
 
+def test_a_short_token_stops_the_server_with_one_sentence(tmp_path) -> None:
+    import subprocess
+
+    from studio_support import REPO
+
+    r = subprocess.run([sys.executable, str(REPO / "app.py"), "--auth", "x", "--device", "cpu",
+                        "--data-dir", str(tmp_path / "d")], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=REPO)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "[ERROR] An auth token needs at least 16 characters" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_a_short_token_file_is_refused(tmp_path) -> None:
     data = tmp_path / "d"
     data.mkdir()
