@@ -18,6 +18,7 @@ from lipdub.web.security import is_loopback
 log = logging.getLogger(__name__)
 
 UI_THREADS = 16
+UI_EVENTS = 1000
 
 
 def create_app(settings: Settings, studio: Studio | None = None) -> FastAPI:
@@ -72,6 +73,10 @@ def _mount_ui(app: FastAPI, settings: Settings, studio: Studio, limiter: Any) ->
     demo.queue(default_concurrency_limit=None)
     # Gradio's own thread pool: its handlers then never take the threads that answer /api/v1.
     demo.max_threads = UI_THREADS
+    # Gradio runs at most this many events at once (40 by default, its thread count). A page following
+    # a render holds one for the whole render while costing only a timer, so 40 such pages would leave
+    # every other page's clicks waiting; work that needs a thread is bounded by UI_THREADS instead.
+    demo._queue.max_thread_count = UI_EVENTS
     app = gr.mount_gradio_app(app, demo, path="/", allowed_paths=[str(studio.storage.root / "jobs")],
                               blocked_paths=[str(p) for p in _private_paths(settings, studio)],
                               max_file_size=int(settings.max_upload_mb * 1024 * 1024), css=CSS,
