@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 from pathlib import Path
 
 
@@ -27,6 +29,8 @@ def main(argv: list[str] | None = None) -> None:
                     "on the first start if none is given")
     ap.add_argument("--cors-origin", action="append", default=[], help="allow browser calls from this origin "
                     "(repeatable; default: none)")
+    ap.add_argument("--allowed-host", action="append", default=[], help="answer requests for this Host name "
+                    "besides localhost and the bound address (repeatable; '*': any)")
     ap.add_argument("--max-request-mb", type=float, default=2100.0, help="largest request body")
     ap.add_argument("--rate-limit", type=float, default=30.0, help="job submissions per minute per client (0: off)")
     ap.add_argument("--job-timeout", type=float, default=4 * 3600.0, help="seconds before a render is stopped")
@@ -35,16 +39,22 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     from lipdub.cli import setup_logging
+    from lipdub.errors import LipdubError
     from lipdub.jobs.service import Settings
     from lipdub.web.app import serve
 
     setup_logging(args.verbose)
-    serve(Settings(data_dir=args.storage or args.data_dir, device=args.device, workers=args.workers or None,
-                   host=args.host, port=args.port, retention_days=args.retention_days, max_upload_mb=args.max_upload_mb,
-                   max_duration_s=args.max_duration, max_side=args.max_side, broker_url=args.broker, db_url=args.db,
-                   auth=args.auth, cors_origins=tuple(args.cors_origin),
-                   max_request_mb=args.max_request_mb, rate_per_minute=args.rate_limit, job_timeout_s=args.job_timeout,
-                   job_memory_mb=args.job_memory_mb))
+    settings = Settings(data_dir=args.storage or args.data_dir, device=args.device, workers=args.workers or None,
+                        host=args.host, port=args.port, retention_days=args.retention_days, max_upload_mb=args.max_upload_mb,
+                        max_duration_s=args.max_duration, max_side=args.max_side, broker_url=args.broker, db_url=args.db,
+                        auth=args.auth, cors_origins=tuple(args.cors_origin), allowed_hosts=tuple(args.allowed_host),
+                        max_request_mb=args.max_request_mb, rate_per_minute=args.rate_limit, job_timeout_s=args.job_timeout,
+                        job_memory_mb=args.job_memory_mb)
+    try:
+        serve(settings)
+    except LipdubError as e:  # a refused setting: one line, no traceback
+        logging.getLogger("lipdub").error("%s", e)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

@@ -23,3 +23,7 @@ class ModelError(LipdubError):
 
 class DeviceError(LipdubError):
     """The requested compute device cannot be used."""
+
+
+class ConfigError(LipdubError):
+    """A setting the program was started with cannot be used (a too short token, a bad host name)."""

@@ -18,6 +18,9 @@ MEDIA = Path(os.environ.get("LIPDUB_SHARED", REPO.parent / "shared")) / "media"
 
 # Renders are slow on a CPU: every test render uses a short clip.
 TERMINAL = ("done", "failed", "cancelled")
+# In-process test clients name the studio as a browser on this machine does (the server answers only for
+# the Host names it is set to).
+LOCAL = "http://localhost"
 
 
 def need_media(*names: str) -> list[Path]:
@@ -53,19 +56,20 @@ def free_port() -> int:
 class Server:
     """``python app.py`` in a subprocess on a free port (a real server, killable with SIGKILL)."""
 
-    def __init__(self, data_dir: Path, *, workers: int = 1, log_path: Path | None = None) -> None:
-        self.data_dir, self.workers = data_dir, workers
+    def __init__(self, data_dir: Path, *, workers: int = 1, log_path: Path | None = None,
+                 args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+        self.data_dir, self.workers, self.args, self.env = data_dir, workers, args, env or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path or data_dir.parent / f"server-{self.port}.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120) -> Server:
-        env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", **self.env)
         logf = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--port", str(self.port),
                                       "--device", "cpu", "--workers", str(self.workers),
-                                      "--data-dir", str(self.data_dir)],
+                                      "--data-dir", str(self.data_dir), *self.args],
                                      stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

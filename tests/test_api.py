@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from studio_support import mp4_facts, need_media, short_audio, wait_job
+from studio_support import LOCAL, mp4_facts, need_media, short_audio, wait_job
 
 from lipdub.jobs.service import Settings
 from lipdub.web.app import create_app
@@ -29,7 +29,7 @@ def media(tmp_path_factory) -> dict[str, Path]:
 def client(tmp_path_factory):
     data = tmp_path_factory.mktemp("studio")
     app = create_app(Settings(data_dir=data, device="cpu", workers=1, max_duration_s=30))
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         yield c
 
 

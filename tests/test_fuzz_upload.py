@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from studio_support import NoRender, need_media
+from studio_support import LOCAL, NoRender, need_media
 
 from lipdub.jobs.service import Settings, Studio
 from lipdub.web.app import create_app
@@ -45,7 +45,7 @@ NAMES = st.one_of(st.text(max_size=60), st.sampled_from(["../../x.wav", "..\\..\
 def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("fuzz") / "data"
     s = Settings(data_dir=data, device="cpu", workers=1, rate_per_minute=0)
-    with TestClient(create_app(s, Studio(s, dispatcher=NoRender()))) as c:
+    with TestClient(create_app(s, Studio(s, dispatcher=NoRender())), base_url=LOCAL) as c:
         yield c, data
 
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import MEDIA, media, needs_media, run_cli
 from fastapi.testclient import TestClient
 from hostile_corpus import Case, build
-from studio_support import NoRender, short_audio
+from studio_support import LOCAL, NoRender, short_audio
 
 from lipdub.jobs.service import Settings, Studio
 from lipdub.web.app import create_app
@@ -97,7 +97,7 @@ def test_api_corpus(corpus, good, tmp_path) -> None:
     outside_before = _tree(tmp_path) | _tree(Path(os.getcwd()))
     app = create_app(settings, Studio(settings, dispatcher=NoRender()))
     answers = {}
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         for case in CASES:
             c = corpus[case.id]
             other = good["face"] if c.role == "audio" else good["audio"]

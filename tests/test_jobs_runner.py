@@ -8,7 +8,7 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
-from studio_support import need_media, short_audio, wait_job
+from studio_support import LOCAL, need_media, short_audio, wait_job
 
 from lipdub.jobs.runner import default_workers
 from lipdub.jobs.service import Settings
@@ -27,7 +27,7 @@ def test_a_crashing_render_fails_only_its_job(tmp_path):
     (photo,) = need_media("portrait_474.png")
     audio = short_audio(tmp_path / "speech.wav", 6.0)
     app = create_app(Settings(data_dir=tmp_path / "data", device="cpu", workers=1))
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         files = [("audio", ("speech.wav", audio.read_bytes())), ("face", ("p.png", photo.read_bytes()))]
         job_id = client.post("/api/v1/jobs", files=files).json()["id"]
         wait_job(client, job_id, until=("running",), timeout=120)

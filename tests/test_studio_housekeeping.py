@@ -12,7 +12,7 @@ import zipfile
 
 import pytest
 from fastapi.testclient import TestClient
-from studio_support import NoRender, need_media, short_audio
+from studio_support import LOCAL, NoRender, need_media, short_audio
 
 from lipdub.jobs.service import STALE_TMP_S, Settings, Studio
 from lipdub.jobs.store import DONE
@@ -35,7 +35,7 @@ def test_refused_requests_store_no_upload(studio, tmp_path):
     retention off (the default) those files then stayed until the next restart."""
     (photo, photo2) = need_media("portrait_474.png", "portrait_624.jpg")
     audio = short_audio(tmp_path / "speech.wav", 1.0)
-    with TestClient(create_app(studio.settings, studio)) as client:
+    with TestClient(create_app(studio.settings, studio), base_url=LOCAL) as client:
         files = [("audio", ("a.wav", audio.read_bytes())), ("face", ("p.png", photo.read_bytes()))]
         r = client.post("/api/v1/jobs", files=files, data={"engine": "nope"})
         assert r.status_code == 422 and r.json()["field"] == "engine"
@@ -66,7 +66,7 @@ def _done_job(studio: Studio, tmp_path) -> str:
 
 def test_a_zip_that_fails_leaves_nothing_behind(studio, tmp_path, monkeypatch):
     job_id = _done_job(studio, tmp_path)
-    with TestClient(create_app(studio.settings, studio)) as client:
+    with TestClient(create_app(studio.settings, studio), base_url=LOCAL) as client:
         assert zipfile.ZipFile(io.BytesIO(client.get(f"/api/v1/zip?ids={job_id}").content)).namelist()
 
         def full(*_a, **_k):

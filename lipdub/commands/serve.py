@@ -26,6 +26,8 @@ def register(app: typer.Typer) -> None:
         auth: str | None = typer.Option(None, help="token:SECRET or USER:PASSWORD; beyond loopback a token is "
                                         "generated on the first start if none is given."),
         cors_origin: list[str] = typer.Option([], help="Allow browser calls from this origin (repeatable)."),
+        allowed_host: list[str] = typer.Option([], help="Answer requests for this Host name besides "
+                                               "localhost and the bound address (repeatable; '*': any)."),
         max_request_mb: float = typer.Option(2100.0, help="Largest request body."),
         rate_limit: float = typer.Option(30.0, help="Job submissions per minute per client (0: off)."),
         job_timeout: float = typer.Option(4 * 3600.0, help="Seconds before a render is stopped."),
@@ -41,5 +43,6 @@ def register(app: typer.Typer) -> None:
         serve(Settings(data_dir=storage or data_dir, device=device, workers=workers or None, host=host, port=port,
                        retention_days=retention_days, max_upload_mb=max_upload_mb, max_duration_s=max_duration, max_side=max_side,
                        broker_url=broker, db_url=db, auth=auth, cors_origins=tuple(cors_origin),
+                       allowed_hosts=tuple(allowed_host),
                        max_request_mb=max_request_mb, rate_per_minute=rate_limit, job_timeout_s=job_timeout,
                        job_memory_mb=job_memory_mb))

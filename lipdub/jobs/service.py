@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 AUDIO, FACE = "audio", "face"
 _OPTION_RE = re.compile(r"^[a-zA-Z0-9_.:-]{1,32}$")
 STALE_TMP_S = 6 * 3600.0  # a file in tmp/ untouched this long belongs to no upload or zip in progress
+# The web UI's uploads wait in the storage's ui_dir for the press of a button; the UI forgets them after
+# this long, as the studio forgets uploads no job refers to.
+UI_UPLOAD_TTL_S = 3600.0
+MAX_ZIP_JOBS = 200
 
 
 @dataclass
@@ -53,6 +57,8 @@ class Settings:
     # The front door (lipdub/web/security.py).
     auth: str | None = None  # "token:SECRET" or "user:password"; None: open on loopback, a generated token beyond
     cors_origins: tuple[str, ...] = ()  # none: browsers refuse cross-origin calls
+    # Host names answered besides loopback's and the bound address; "*": any.
+    allowed_hosts: tuple[str, ...] = ()
     max_request_mb: float = 2100.0  # a whole request body, enforced while it streams
     rate_per_minute: float = 30.0  # submissions per client address
     rate_burst: int = 20
@@ -181,10 +187,26 @@ class Studio:
             with contextlib.suppress(FileNotFoundError):
                 if time.time() - stale.stat().st_mtime > STALE_TMP_S:
                     stale.unlink(missing_ok=True)
+        self.sweep_ui_uploads()
         self.dispatcher.start()
         self.apply_retention()
         # Hourly even when finished jobs are kept forever: uploads of refused requests must still go.
         threading.Thread(target=self._retention_loop, daemon=True, name="lipdub-retention").start()
+
+    def sweep_ui_uploads(self) -> int:
+        """Remove the web UI's uploads older than :data:`UI_UPLOAD_TTL_S`, with the partial files of uploads
+        cut off half-way (the UI's own clean-up only knows the uploads that completed). Returns the count."""
+        removed = 0
+        root = self.storage.ui_dir
+        for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(FileNotFoundError, OSError):
+                if path.is_symlink() or path.is_file():
+                    if time.time() - path.lstat().st_mtime > UI_UPLOAD_TTL_S:
+                        path.unlink()
+                        removed += 1
+                elif path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()
+        return removed
 
     def stop(self) -> None:
         self._retention_stop.set()
@@ -203,6 +225,7 @@ class Studio:
         Also drops uploads no job refers to (a request refused half-way) after an hour."""
         for key in self.store.unreferenced_uploads(older_than=utcnow() - timedelta(hours=1)):
             self._discard(key)
+        self.sweep_ui_uploads()
         days = self.settings.retention_days
         if days <= 0:
             return []

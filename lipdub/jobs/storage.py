@@ -34,6 +34,9 @@ class UploadTooLarge(Exception):
 class Storage(Protocol):
     root: Path
 
+    @property
+    def ui_dir(self) -> Path: ...
+
     def put_upload(self, stream: BinaryIO, filename: str, max_bytes: int | None = None) -> tuple[str, int]: ...
     def upload_path(self, key: str) -> Path: ...
     def delete_upload(self, key: str) -> None: ...
@@ -64,6 +67,13 @@ class LocalStorage:
         (self.root / "uploads").mkdir(parents=True, exist_ok=True)
         (self.root / "jobs").mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        self.ui_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def ui_dir(self) -> Path:
+        """Where the web UI keeps uploads until a job is submitted from them (then they are copied into
+        ``uploads/``)."""
+        return self.root / "gradio"
 
     def put_upload(self, stream: BinaryIO, filename: str, max_bytes: int | None = None) -> tuple[str, int]:
         """Store a stream under the hash of its content; return (key, size). Same content, same key."""
@@ -124,8 +134,9 @@ class LocalStorage:
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
 
     def usage(self) -> dict[str, int]:
-        """Bytes used by uploads, job folders and everything under the root (the database included)."""
-        uploads = _dir_size(self.root / "uploads")
+        """Bytes used by uploads (the web UI's waiting ones included), job folders and everything under the
+        root (the database included)."""
+        uploads = _dir_size(self.root / "uploads") + _dir_size(self.ui_dir)
         jobs = _dir_size(self.root / "jobs")
         total = _dir_size(self.root)
         free = shutil.disk_usage(self.root).free

@@ -89,13 +89,16 @@ def _hms(seconds: float) -> str:
 
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
+# Bidirectional controls (U+202E turns "evil\u202Egpj.exe" into "evilexe.jpg" on screen) and their kin.
+_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def safe_name(filename: str | None, fallback: str = "upload") -> str:
     """A display name for a user-supplied file name: the last path component only, no ``..``, no
-    separators or control characters, at most 200 characters. Unicode (Chinese, accents) is kept.
-    It is only ever shown or stored as text; files on disk are named by their content hash."""
-    name = unicodedata.normalize("NFC", filename or "")
+    separators, control or bidirectional-override characters, at most 200 characters. Unicode (Chinese,
+    accents) is kept. It is only ever shown or stored as text; files on disk are named by their content
+    hash."""
+    name = _BIDI.sub("", unicodedata.normalize("NFC", filename or ""))
     name = re.split(r"[/\\]", name)[-1]  # the last component, whatever the client's separator
     name = _UNSAFE.sub("_", name).strip(" .")
     name = name.replace("..", "_")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +12,14 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
-from lipdub.jobs.service import AUDIO, FACE, Studio, Upload, ValidationError
+from lipdub.jobs.service import AUDIO, FACE, MAX_ZIP_JOBS, Studio, Upload, ValidationError
 from lipdub.jobs.store import DONE, FINISHED, Job
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1")
+_JOB_ID = re.compile(r"[0-9a-zA-Z_-]{1,32}")
+MAX_PAGE = 1_000_000  # beyond it the database's row offset overflows; no history is that long
 
 
 def get_studio(request: Request) -> Studio:
@@ -96,9 +99,44 @@ class StorageOut(BaseModel):
     retention_days: float
 
 
+def _error(status: int, detail: str, field: str = "", headers: dict[str, str] | None = None) -> JSONResponse:
+    """Every error of the API has this one shape: a sentence, and the form field it is about (or "")."""
+    return JSONResponse(status_code=status, content={"detail": detail, "field": field}, headers=headers)
+
+
 def validation_error_handler(_request: Request, exc: Exception) -> JSONResponse:
-    field = getattr(exc, "field", "")
-    return JSONResponse(status_code=422, content={"detail": str(exc), "field": field})
+    return _error(422, str(exc), getattr(exc, "field", ""))
+
+
+def request_validation_handler(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's own refusals (a missing field, a page number out of range) in the API's shape."""
+    errors = getattr(exc, "errors", lambda: [])()
+    if not errors:
+        return _error(422, "The request is not valid.")
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header", "cookie")]
+    field = loc[0] if loc else ""
+    msg = str(first.get("msg", "is not valid")).rstrip(".")
+    if first.get("type") == "missing":
+        return _error(422, f"The field '{field}' is required.", field)
+    return _error(422, f"'{field}' {msg[0].lower() + msg[1:]}." if field else f"{msg}.", field)
+
+
+def http_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    status = getattr(exc, "status_code", 500)
+    detail = getattr(exc, "detail", None)
+    return _error(status, detail if isinstance(detail, str) else "The request was refused.",
+                  headers=getattr(exc, "headers", None))
+
+
+def error_handlers() -> dict[Any, Any]:
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from lipdub.jobs.service import DiskFull
+
+    return {ValidationError: validation_error_handler, RequestValidationError: request_validation_handler,
+            StarletteHTTPException: http_error_handler, DiskFull: lambda _r, e: _error(507, str(e))}
 
 
 def _job_or_404(studio: Studio, job_id: str) -> Job:
@@ -135,7 +173,7 @@ def create_job(audio: UploadFile = File(..., description="Speech recording (any 
 
 
 @router.get("/jobs", response_model=JobPage, summary="History, newest first")
-def list_jobs(page: int = Query(1, ge=1), page_size: int = Query(20, ge=1, le=200),
+def list_jobs(page: int = Query(1, ge=1, le=MAX_PAGE), page_size: int = Query(20, ge=1, le=200),
               status: str | None = Query(None, description="queued, running, done, failed or cancelled"),
               batch_id: str | None = None, studio: Studio = Depends(get_studio)) -> dict[str, Any]:
     jobs, total = studio.store.list(page, page_size, status=status, batch_id=batch_id)
@@ -236,8 +274,10 @@ def get_batch_zip(batch_id: str, studio: Studio = Depends(get_studio)) -> FileRe
 @router.get("/zip", response_class=FileResponse, summary="Zip of a selection of finished jobs: ?ids=a&ids=b")
 def get_zip(ids: list[str] = Query(..., description="job ids (repeat, or comma-separated)"),
             studio: Studio = Depends(get_studio)) -> FileResponse:
-    wanted = [i for part in ids for i in part.split(",") if i]
-    jobs = [j for j in (studio.store.get(i) for i in wanted) if j is not None]
+    wanted = list(dict.fromkeys(i.strip() for part in ids for i in part.split(",") if i.strip()))
+    if len(wanted) > MAX_ZIP_JOBS:
+        raise ValidationError(f"A zip holds at most {MAX_ZIP_JOBS} jobs; select fewer.", "ids")
+    jobs = [j for j in (studio.store.get(i) for i in wanted if _JOB_ID.fullmatch(i)) if j is not None]
     return _zip_response(studio, jobs, "lipdub_selection.zip")
 
 

@@ -6,18 +6,31 @@ the UI never copies videos around and a page reload loses nothing: jobs live in 
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
-import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
 import gradio as gr
 
 from lipdub.errors import InputError
-from lipdub.jobs.service import AUDIO, FACE, Studio, ValidationError, check_media, engine_names, quality_names
+from lipdub.jobs.service import (
+    AUDIO,
+    FACE,
+    UI_UPLOAD_TTL_S,
+    Studio,
+    ValidationError,
+    check_media,
+    engine_names,
+    quality_names,
+)
 from lipdub.jobs.store import DONE, FINISHED, Job
+from lipdub.media.limits import safe_name
+from lipdub.web.api import MAX_PAGE
+from lipdub.web.security import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +38,7 @@ POLL_S = 1.0
 AUDIO_TYPES = [".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus", ".mp4", ".mov", ".webm"]
 FACE_TYPES = ["video", "image"]
 PAGE_SIZE = 12
+T = TypeVar("T")
 
 CSS = """
 .lipdub-banner {padding: 8px 14px; border-radius: 8px; margin-bottom: 4px;}
@@ -84,11 +98,12 @@ def _grid(jobs: list[Job]) -> str:
     return f"<div class='lipdub-videos'>{''.join(cells)}</div>"
 
 
-def _describe(path: str | None, role: str, studio: Studio) -> str:
+def _describe(path: str | None, role: str, studio: Studio, demo: gr.Blocks) -> str:
     """A one-line check of a picked file, shown before anything is submitted."""
     if not path:
         return ""
     try:
+        _check_uploaded(path, studio, demo)
         info = check_media(path, role, limits=studio.settings.limits)
     except ValidationError as e:
         return f"**Refused:** {e}"
@@ -107,13 +122,46 @@ def _paths(files: Any) -> list[str]:
     return [str(getattr(f, "name", f)) for f in items]
 
 
-def build_ui(studio: Studio) -> gr.Blocks:
-    # delete_cache: Gradio keeps its own copy of every browser upload; ours are in the storage.
-    with gr.Blocks(title="lipdub studio", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as demo:
+def _check_uploaded(path: str, studio: Studio, demo: gr.Blocks) -> None:
+    """The studio's own check in front of every handler that takes a file: a file is only ever one that
+    was uploaded through this UI and is still waiting in its folder, never a path a request names."""
+    candidate = Path(path)
+    folder = studio.storage.ui_dir.resolve()
+    try:
+        real = candidate.resolve(strict=True)
+    except (OSError, RuntimeError):
+        real = None
+    uploaded = {str(Path(p)) for p in getattr(demo, "upload_file_set", set())}
+    if (real is None or candidate.is_symlink() or not real.is_file() or not real.is_relative_to(folder)
+            or str(candidate) not in uploaded):
+        log.warning("UI request named a file that was not uploaded through it: %r", path[:300])
+        raise ValidationError(f"{safe_name(candidate.name, 'The file')} was not uploaded through this page, "
+                              "or has expired; pick the file again.")
+
+
+def _too_many(limiter: RateLimiter | None, request: gr.Request | None) -> str | None:
+    """The API's per-client submission limit, for a press of a Generate button."""
+    if limiter is None:
+        return None
+    client = getattr(getattr(request, "client", None), "host", None) or "?"
+    wait = limiter.allow(client)
+    return f"**Refused:** Too many submissions; try again in {wait:.0f} s." if wait else None
+
+
+async def _in_thread(demo: gr.Blocks, fn: Callable[..., T], *args: Any) -> T:
+    # The UI's own threads (demo.limiter), never those that answer the API.
+    return await anyio.to_thread.run_sync(fn, *args, limiter=getattr(demo, "limiter", None))
+
+
+def build_ui(studio: Studio, limiter: RateLimiter | None = None) -> gr.Blocks:
+    # delete_cache: Gradio keeps a browser upload in the storage's ui_dir until a job copies it into the
+    # storage; it forgets it after the same hour as the studio forgets unused uploads.
+    with gr.Blocks(title="lipdub studio", analytics_enabled=False,
+                   delete_cache=(600, int(UI_UPLOAD_TTL_S))) as demo:
         gr.HTML(_banner(studio))
         with gr.Tabs():
-            _single_tab(studio)
-            _batch_tab(studio)
+            _single_tab(studio, demo, limiter)
+            _batch_tab(studio, demo, limiter)
             _history_tab(studio, demo)
     return demo
 
@@ -121,7 +169,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
 # -- Single ------------------------------------------------------------------------------------------
 
 
-def _single_tab(studio: Studio) -> None:
+def _single_tab(studio: Studio, demo: gr.Blocks, limiter: RateLimiter | None) -> None:
     with gr.Tab("Single", id="single"):
         gr.Markdown("Upload a speech recording and a video or photo of a person, then press **Generate**.")
         with gr.Row():
@@ -142,23 +190,33 @@ def _single_tab(studio: Studio) -> None:
                 with gr.Accordion("Log", open=False):
                     log_box = gr.Textbox(lines=12, max_lines=30, show_label=False, elem_id="single-log")
 
-        audio.change(lambda p: _describe(_first(p), AUDIO, studio), audio, audio_msg)
-        face.change(lambda p: _describe(_first(p), FACE, studio), face, face_msg)
+        audio.change(lambda p: _describe(_first(p), AUDIO, studio, demo), audio, audio_msg)
+        face.change(lambda p: _describe(_first(p), FACE, studio, demo), face, face_msg)
 
-        def run(a: Any, f: Any, q: str, e: str, hm: bool) -> Iterator[tuple[str, str, str]]:
+        def submit(a_path: str, f_path: str, q: str, e: str, hm: bool) -> Job:
+            _check_uploaded(a_path, studio, demo)
+            _check_uploaded(f_path, studio, demo)
+            studio.check_options(e, q, hm)
+            up_a = studio.add_upload_path(a_path, AUDIO)
+            up_f = studio.add_upload_path(f_path, FACE)
+            return studio.submit(up_a, up_f, quality=q, engine=e, head_motion=hm)
+
+        async def run(a: Any, f: Any, q: str, e: str, hm: bool,
+                      request: gr.Request) -> AsyncIterator[tuple[str, str, str]]:
+            if refused := _too_many(limiter, request):
+                yield refused, "", ""
+                return
             a_path, f_path = _first(a), _first(f)
             if not a_path or not f_path:
                 yield "**Refused:** Pick a speech file and a face video or photo first.", "", ""
                 return
             try:
-                studio.check_options(e, q, hm)
-                up_a = studio.add_upload_path(a_path, AUDIO)
-                up_f = studio.add_upload_path(f_path, FACE)
-                job = studio.submit(up_a, up_f, quality=q, engine=e, head_motion=hm)
+                job = await _in_thread(demo, submit, a_path, f_path, q, e, hm)
             except InputError as e:  # refused, or the server's disk is full
                 yield f"**Refused:** {e}", "", ""
                 return
-            yield from _follow(studio, job.id)
+            async for out in _follow(studio, demo, job.id):
+                yield out
 
         go.click(run, [audio, face, quality, engine, moving], [status, player, log_box], concurrency_limit=None)
 
@@ -173,34 +231,42 @@ def _read_log(studio: Studio, job_id: str, tail: int = 20000) -> str:
     return p.read_text(errors="replace")[-tail:] if p.exists() else ""
 
 
-def _follow(studio: Studio, job_id: str) -> Iterator[tuple[str, str, str]]:
-    """Stream a job's status until it finishes (the job goes on if the page is closed)."""
+def _job_outputs(studio: Studio, job_id: str) -> tuple[str, str, str, bool]:
+    """(status line, player, log, finished) of a job, read in one go."""
+    job = studio.store.get(job_id)
+    if job is None:
+        return f"Job {job_id} was deleted.", "", "", True
+    if job.status == "queued":
+        line = f"Job `{job.id}`: queued ({studio.store.queue_position(job)} ahead)"
+    else:
+        line = f"Job `{job.id}`: {_status_line(job)}"
+    if job.status in FINISHED:
+        secs = (job.result or {}).get("seconds")
+        if job.status == DONE:
+            line = f"Job `{job.id}` done" + (f" in {secs:.1f} s" if secs else "")
+        return line, _player(job) if job.status == DONE else "", _read_log(studio, job_id), True
+    return line, "", _read_log(studio, job_id), False
+
+
+async def _follow(studio: Studio, demo: gr.Blocks, job_id: str) -> AsyncIterator[tuple[str, str, str]]:
+    """Stream a job's status until it finishes (the job goes on if the page is closed). Waiting holds no
+    thread: a page following a long render costs the server a timer, not a worker."""
     last = None
     while True:
-        job = studio.store.get(job_id)
-        if job is None:
-            yield f"Job {job_id} was deleted.", "", ""
-            return
-        if job.status == "queued":
-            line = f"Job `{job.id}`: queued ({studio.store.queue_position(job)} ahead)"
-        else:
-            line = f"Job `{job.id}`: {_status_line(job)}"
-        if job.status in FINISHED:
-            secs = (job.result or {}).get("seconds")
-            if job.status == DONE:
-                line = f"Job `{job.id}` done" + (f" in {secs:.1f} s" if secs else "")
-            yield line, _player(job) if job.status == DONE else "", _read_log(studio, job_id)
+        line, player, log_text, finished = await _in_thread(demo, _job_outputs, studio, job_id)
+        if finished:
+            yield line, player, log_text
             return
         if line != last:
             last = line
-            yield line, "", _read_log(studio, job_id)
-        time.sleep(POLL_S)
+            yield line, "", log_text
+        await asyncio.sleep(POLL_S)
 
 
 # -- Batch -------------------------------------------------------------------------------------------
 
 
-def _batch_tab(studio: Studio) -> None:
+def _batch_tab(studio: Studio, demo: gr.Blocks, limiter: RateLimiter | None) -> None:
     with gr.Tab("Batch", id="batch"):
         gr.Markdown("One speech with many faces, or many speeches with one face. Each pair becomes a job.")
         with gr.Row():
@@ -222,7 +288,8 @@ def _batch_tab(studio: Studio) -> None:
                 grid = gr.HTML(elem_id="batch-results")
 
         def describe(a: Any, f: Any) -> str:
-            lines = [_describe(p, AUDIO, studio) for p in _paths(a)] + [_describe(p, FACE, studio) for p in _paths(f)]
+            lines = ([_describe(p, AUDIO, studio, demo) for p in _paths(a)]
+                     + [_describe(p, FACE, studio, demo) for p in _paths(f)])
             na, nf = len(_paths(a)), len(_paths(f))
             if na > 1 and nf > 1:
                 lines.append("**Refused:** Use one speech with many faces, or many speeches with one face.")
@@ -233,27 +300,41 @@ def _batch_tab(studio: Studio) -> None:
         audios.change(describe, [audios, faces], check)
         faces.change(describe, [audios, faces], check)
 
-        def run(a: Any, f: Any, q: str, e: str, hm: bool) -> Iterator[tuple[str, Any, str]]:
-            pa, pf = _paths(a), _paths(f)
+        def submit(pa: list[str], pf: list[str], q: str, e: str, hm: bool) -> str:
+            if not pa or not pf:
+                raise ValidationError("Pick at least one speech file and one face.")
+            if len(pa) > 1 and len(pf) > 1:
+                raise ValidationError("Use one speech with many faces, or many speeches with one face.")
+            studio.check_batch_shape(len(pa), len(pf))  # before storing: a refused batch stores nothing
+            studio.check_options(e, q, hm)
+            for p in pa + pf:
+                _check_uploaded(p, studio, demo)
+            ups_a = [studio.add_upload_path(p, AUDIO) for p in pa]
+            ups_f = [studio.add_upload_path(p, FACE) for p in pf]
+            batch_id, _jobs = studio.submit_batch(ups_a, ups_f, quality=q, engine=e, head_motion=hm)
+            return batch_id
+
+        def progress(batch_id: str) -> tuple[str, Any, str, bool]:
+            jobs = studio.store.batch_jobs(batch_id)
+            return (_batch_status(batch_id, jobs), _batch_rows(jobs), _grid(jobs),
+                    all(j.status in FINISHED for j in jobs))
+
+        async def run(a: Any, f: Any, q: str, e: str, hm: bool,
+                      request: gr.Request) -> AsyncIterator[tuple[str, Any, str]]:
+            if refused := _too_many(limiter, request):
+                yield refused, None, ""
+                return
             try:
-                if not pa or not pf:
-                    raise ValidationError("Pick at least one speech file and one face.")
-                if len(pa) > 1 and len(pf) > 1:
-                    raise ValidationError("Use one speech with many faces, or many speeches with one face.")
-                studio.check_batch_shape(len(pa), len(pf))  # before storing: a refused batch stores nothing
-                studio.check_options(e, q, hm)
-                ups_a = [studio.add_upload_path(p, AUDIO) for p in pa]
-                ups_f = [studio.add_upload_path(p, FACE) for p in pf]
-                batch_id, _jobs = studio.submit_batch(ups_a, ups_f, quality=q, engine=e, head_motion=hm)
+                batch_id = await _in_thread(demo, submit, _paths(a), _paths(f), q, e, hm)
             except InputError as e:  # refused, or the server's disk is full
                 yield f"**Refused:** {e}", None, ""
                 return
             while True:
-                jobs = studio.store.batch_jobs(batch_id)
-                yield _batch_status(batch_id, jobs), _batch_rows(jobs), _grid(jobs)
-                if all(j.status in FINISHED for j in jobs):
+                line, rows, grid_html, finished = await _in_thread(demo, progress, batch_id)
+                yield line, rows, grid_html
+                if finished:
                     return
-                time.sleep(POLL_S)
+                await asyncio.sleep(POLL_S)
 
         go.click(run, [audios, faces, quality, engine, moving], [status, table, grid], concurrency_limit=None)
 
@@ -313,7 +394,7 @@ def _history_tab(studio: Studio, demo: gr.Blocks) -> None:
         page_state = gr.State([])  # the ids shown in the gallery, in order
 
         def load(p: float | None) -> tuple[Any, ...]:
-            p = max(1, int(p or 1))
+            p = _page_number(p)
             jobs, total = studio.store.list(p, PAGE_SIZE)
             pages = max(1, -(-total // PAGE_SIZE))
             if p > pages:
@@ -388,6 +469,15 @@ def _history_tab(studio: Studio, demo: gr.Blocks) -> None:
         del_sel_btn.click(delete_selected, [selection, page], outs)
         batch_pick.change(lambda b: f"[Download batch {b} as zip](/api/v1/batches/{b}/zip)" if b else "",
                           batch_pick, batch_link)
+
+
+def _page_number(value: Any) -> int:
+    """A page number from the page box: whole, at least 1, at most MAX_PAGE (a larger one overflows the
+    database's row offset); anything else is page 1."""
+    try:
+        return max(1, min(MAX_PAGE, int(value or 1)))
+    except (TypeError, ValueError, OverflowError):
+        return 1
 
 
 def _usage(studio: Studio) -> str:
