@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -409,6 +409,49 @@ class JobStore:
                     row.message = "re-queued after a restart"
                     requeued.append(row.id)
         return requeued
+
+    def heartbeat(self, job_id: str, token: str) -> bool:
+        """Mark the attempt holding ``token`` alive; False once it no longer owns the job."""
+        with self.session() as s:
+            res = s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.run_token == token,
+                                                 JobRow.status == RUNNING).values(updated_at=utcnow()))
+            return res.rowcount == 1
+
+    def running_heartbeats(self) -> list[tuple[str, str | None, datetime, str | None]]:
+        """(id, run token, last heartbeat, worker) of every running job."""
+        with self.session() as s:
+            return [tuple(r) for r in s.execute(  # type: ignore[misc]
+                select(JobRow.id, JobRow.run_token, JobRow.updated_at, JobRow.worker).where(JobRow.status == RUNNING))]
+
+    def requeue_stale(self, job_id: str, token: str | None, beat: datetime,
+                      also: Callable[[Session, str], None] | None = None) -> str | None:
+        """Put back a running job whose owner stopped beating, only if its token and heartbeat are still
+        exactly ``token`` and ``beat`` (the owner was seen dead, and has not beaten since). The dead
+        attempt counts (so a job that kills every worker fails after MAX_ATTEMPTS); a pending cancel
+        is honoured. Returns the job's new status, or None when it had moved on. ``also`` runs in the
+        same transaction when the job was put back."""
+        with self.session() as s:
+            row = s.get(JobRow, job_id)
+            if row is None:
+                return None
+            now = utcnow()
+            values: dict[str, Any] = dict(run_token=None, updated_at=now)
+            if row.cancel_requested:
+                values.update(status=CANCELLED, stage=CANCELLED, finished_at=now)
+            elif row.attempts >= MAX_ATTEMPTS:
+                values.update(status=FAILED, stage=FAILED, finished_at=now,
+                              error=f"The job was interrupted {row.attempts} times; giving up on it.")
+            else:
+                values.update(status=QUEUED, stage="queued", progress=0.0,
+                              message="re-queued: the worker rendering it stopped answering")
+            res = s.execute(update(JobRow).where(
+                JobRow.id == job_id, JobRow.status == RUNNING, JobRow.updated_at == beat,
+                JobRow.run_token.is_(None) if token is None else JobRow.run_token == token).values(**values))
+            if res.rowcount != 1:
+                return None
+            if also is not None:
+                also(s, job_id)
+            return str(values["status"])
 
     def requeue(self, job_id: str, token: str, message: str) -> bool:
         """Put a running job back in the queue (its worker is shutting down, not the job failing). The
