@@ -34,6 +34,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 log = logging.getLogger(__name__)
@@ -209,10 +210,24 @@ class JobStore:
 
     # -- uploads ---------------------------------------------------------------------------------
 
-    def add_upload(self, key: str, filename: str, size: int, kind: str = "", duration: float = 0.0) -> None:
+    def add_upload(self, key: str, filename: str, size: int, kind: str = "", duration: float = 0.0,
+                   session: Session | None = None) -> None:
+        """Record an upload; one recorded before is renewed (the hourly sweep counts an unused upload's
+        age from its last use)."""
+        if session is None:
+            with self.session() as s:
+                return self.add_upload(key, filename, size, kind, duration, session=s)
+        row = session.get(UploadRow, key)
+        if row is None:
+            session.add(UploadRow(key=key, filename=filename, size=size, kind=kind, duration=duration,
+                                  created_at=utcnow()))
+        else:
+            row.created_at = utcnow()
+        session.flush()
+
+    def upload_keys(self) -> set[str]:
         with self.session() as s:
-            if s.get(UploadRow, key) is None:
-                s.add(UploadRow(key=key, filename=filename, size=size, kind=kind, duration=duration))
+            return set(s.scalars(select(UploadRow.key)))
 
     def upload_in_use(self, key: str) -> bool:
         with self.session() as s:
@@ -228,16 +243,26 @@ class JobStore:
                 q = q.where(UploadRow.created_at < older_than)
             return list(s.scalars(q))
 
-    def remove_upload(self, key: str) -> bool:
-        """Drop the upload row unless a job uses it; True when it was dropped."""
-        with self.session() as s:
-            used = s.scalar(select(func.count()).select_from(JobRow)
-                            .where(or_(JobRow.audio_key == key, JobRow.face_key == key)))
-            row = s.get(UploadRow, key)
-            if used or row is None:
-                return False
-            s.delete(row)
-            return True
+    def remove_upload(self, key: str, remove_file: Callable[[], None] | None = None) -> bool:
+        """Drop the upload's row (and, through ``remove_file``, its file) unless a job uses it; True when it
+        was dropped. The file goes inside the transaction that drops the row: a request recording a job
+        on the same content either comes first (and the upload stays) or finds both gone and puts
+        them back (:meth:`lipdub.jobs.service.Studio.submit`)."""
+        try:
+            with self.session() as s:
+                used = s.scalar(select(func.count()).select_from(JobRow)
+                                .where(or_(JobRow.audio_key == key, JobRow.face_key == key)))
+                if used:
+                    return False
+                row = s.get(UploadRow, key)
+                if row is not None:
+                    s.delete(row)
+                    s.flush()  # a job recorded meanwhile on another connection makes this fail, not the job
+                if remove_file is not None:
+                    remove_file()
+                return row is not None
+        except IntegrityError:
+            return False
 
     # -- creating and reading --------------------------------------------------------------------
 
@@ -258,16 +283,18 @@ class JobStore:
             return _snapshot(row)
 
     def create_batch(self, mode: str, items: list[tuple[str, str, str, str]],
-                     options: dict[str, Any] | None = None) -> tuple[str, list[Job]]:
+                     options: dict[str, Any] | None = None, session: Session | None = None) -> tuple[str, list[Job]]:
         """One transaction for the batch and all its jobs: (audio_key, face_key, audio_name, face_name)."""
-        with self.session() as s:
-            batch = BatchRow(id=new_id(), mode=mode, created_at=utcnow())
-            s.add(batch)
-            s.flush()
-            jobs = [self.create_job(a, f, audio_name=an, face_name=fn, options=options, batch_id=batch.id,
-                                    batch_index=i, session=s)
-                    for i, (a, f, an, fn) in enumerate(items)]
-            return batch.id, jobs
+        if session is None:
+            with self.session() as s:
+                return self.create_batch(mode, items, options, session=s)
+        batch = BatchRow(id=new_id(), mode=mode, created_at=utcnow())
+        session.add(batch)
+        session.flush()
+        jobs = [self.create_job(a, f, audio_name=an, face_name=fn, options=options, batch_id=batch.id,
+                                batch_index=i, session=session)
+                for i, (a, f, an, fn) in enumerate(items)]
+        return batch.id, jobs
 
     def get(self, job_id: str) -> Job | None:
         with self.session() as s:
