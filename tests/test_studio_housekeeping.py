@@ -136,7 +136,7 @@ def test_deleting_a_job_while_another_request_uploads_the_same_files(studio, tmp
         path = studio.storage.upload_path(key)
         assert path.exists() and path.stat().st_size > 0, key
     assert studio.store.upload_in_use(job.audio_key) and studio.store.upload_in_use(job.face_key)
-    assert not list((studio.storage.root / "tmp").iterdir())  # B's pins are gone once its job is recorded
+    assert not list((studio.storage.root / "pins").iterdir())  # B's pins are gone once its job is recorded
 
 
 def test_deleting_a_job_while_another_request_checks_the_same_file(studio, tmp_path, monkeypatch):
@@ -170,7 +170,10 @@ def test_upload_files_without_a_record_are_swept(studio, tmp_path):
     hour_ago = time.time() - 3700
     for key in (orphan, kept.audio_key, kept.face_key):
         os.utime(studio.storage.upload_path(key), (hour_ago, hour_ago))
+    _key, _size, pin = studio.storage.put_upload_pinned(io.BytesIO(b"refused later" * 100), "x.wav")
+    os.utime(pin, (hour_ago, hour_ago))  # a request refused after this upload was stored: no job released it
     studio.apply_retention()
+    assert not pin.exists()
     assert not studio.storage.upload_path(orphan).exists()
     assert studio.storage.upload_path(fresh).exists()  # may be recorded any moment now
     assert studio.storage.upload_path(kept.audio_key).exists() and studio.storage.upload_path(kept.face_key).exists()

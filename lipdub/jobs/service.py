@@ -203,14 +203,17 @@ class Studio:
         """Delete finished jobs (files and rows) older than ``retention_days``; 0 keeps everything.
         Also drops, after an hour, uploads no job refers to (a request refused half-way) and upload files
         with no row at all (a crash between the write and the insert); and old files in ``tmp/``."""
-        # Half-written uploads and zips of a crash, pins of requests that never submitted. Only old ones:
-        # another server may share this data dir (docs/deploy.md) and be writing its own right now.
+        # Half-written uploads and zips of a crash. Only old ones: another server may share this data dir
+        # (docs/deploy.md) and be writing its own right now.
         for stale in (self.storage.root / "tmp").iterdir():
             with contextlib.suppress(FileNotFoundError):
                 if time.time() - stale.stat().st_mtime > STALE_TMP_S:
                     stale.unlink(missing_ok=True)
         for key in self.store.unreferenced_uploads(older_than=utcnow() - timedelta(hours=1)):
             self._discard(key)
+        # Pins of requests that stored an upload and then were refused (their other file was bad): a
+        # request records its job seconds after its uploads, so an hour-old pin has no request left.
+        self.storage.sweep_pins(older_than_s=3600)
         known = self.store.upload_keys()
         orphans = [key for key in self.storage.upload_files(older_than_s=3600) if key not in known]
         for key in orphans:

@@ -40,6 +40,7 @@ class Storage(Protocol):
                           max_bytes: int | None = None) -> tuple[str, int, Path]: ...
     def restore_upload(self, key: str, pin: Path) -> bool: ...
     def upload_files(self, older_than_s: float) -> list[str]: ...
+    def sweep_pins(self, older_than_s: float) -> int: ...
     def upload_path(self, key: str) -> Path: ...
     def delete_upload(self, key: str) -> None: ...
     def job_dir(self, job_id: str) -> Path: ...
@@ -69,6 +70,7 @@ class LocalStorage:
         (self.root / "uploads").mkdir(parents=True, exist_ok=True)
         (self.root / "jobs").mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        (self.root / "pins").mkdir(parents=True, exist_ok=True)
 
     def put_upload(self, stream: BinaryIO, filename: str, max_bytes: int | None = None) -> tuple[str, int]:
         """Store a stream under the hash of its content; return (key, size). Same content, same key."""
@@ -78,10 +80,11 @@ class LocalStorage:
 
     def put_upload_pinned(self, stream: BinaryIO, filename: str,
                           max_bytes: int | None = None) -> tuple[str, int, Path]:
-        """:meth:`put_upload`, and a second name for the same bytes in ``tmp/`` (the *pin*; a hard link, or
+        """:meth:`put_upload`, and a second name for the same bytes in ``pins/`` (the *pin*; a hard link, or
         a copy where the filesystem has none) for the caller to remove once its job is recorded: a
         request deleting another job on the same content may remove the stored file meanwhile, and
-        :meth:`restore_upload` puts it back from the pin."""
+        :meth:`restore_upload` puts it back from the pin. A request that never records a job leaves its
+        pin to :meth:`sweep_pins`."""
         ext = Path(filename or "").suffix.lower()
         ext = ext if _SAFE_EXT.match(ext) else ""
         digest, size = hashlib.sha256(), 0
@@ -100,7 +103,9 @@ class LocalStorage:
             # Always this request's own copy (the same bytes under the same name, swapped in atomically): a
             # file being removed by another request right now is not relied on, and its age is now.
             self._place(Path(tmp), self.upload_path(key))
-            return key, size, Path(tmp)
+            pin = self.root / "pins" / Path(tmp).name
+            os.replace(tmp, pin)
+            return key, size, pin
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -122,6 +127,18 @@ class LocalStorage:
             return False
         self._place(pin, final)
         return True
+
+    def sweep_pins(self, older_than_s: float) -> int:
+        """Remove the pins of requests that ended without recording a job; returns how many."""
+        cutoff, removed = time.time() - older_than_s, 0
+        for pin in (self.root / "pins").iterdir():
+            try:
+                if pin.stat().st_mtime < cutoff:
+                    pin.unlink()
+                    removed += 1
+            except OSError:
+                continue  # released meanwhile
+        return removed
 
     def upload_files(self, older_than_s: float) -> list[str]:
         """Keys of the stored upload files last written more than ``older_than_s`` seconds ago."""
