@@ -152,3 +152,15 @@ def test_prune_spares_an_avatar_marked_after_it_was_listed_and_sweeps_cut_remova
     _set_last_use(old, 3 * 86400)
     assert [a.folder for a in prune(tmp_path, 1)] == [old]
     assert fresh.exists() and not cut.exists()
+
+
+def test_mouth_banks_still_being_written_count_towards_the_budget(tmp_path: Path) -> None:
+    """Two avatars well within a 360-byte budget, and a job writing a 250-byte bank: the cache holds 450
+    bytes, so the avatar used longest ago goes (the banks being written were not counted)."""
+    old = _avatar_folder(tmp_path, "a", 100, used_ago=3 * 86400)
+    recent = _avatar_folder(tmp_path, "b", 100, used_ago=2 * 3600)
+    writing = tmp_path / (bank_mod.TEMP_PREFIX + "job1")
+    writing.mkdir()
+    (writing / "images.u8").write_bytes(b"\0" * 250)
+    assert [a.folder for a in prune(tmp_path, 360)] == [old]
+    assert recent.exists() and writing.exists()  # within budget again; the bank in progress is never touched

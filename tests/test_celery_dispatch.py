@@ -174,3 +174,87 @@ def test_render_task_retries_while_owned_and_skips_when_finished(store, tmp_path
     store.finish(jid, owner.token, "done", result={})
     assert task.run(jid) == "done"  # a finished job is not rendered again
     assert store.get(jid).attempts == 1
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_the_server_resends_a_job_whose_worker_stopped_beating(store):
+    """A worker killed mid-job: the server sees its heartbeat stand still for 30 s, puts the job back and
+    sends it again; a live worker renders it as attempt 2, and the dead attempt's writes are refused."""
+    app = _FakeCelery()
+    d = CeleryDispatcher(store, "redis://x", app=app)
+    d._watch.clock = clock = _Clock()
+    jid = _job(store)
+    assert d.send_pending() == [jid]
+    dead = take_over(store, jid, "w1")
+    assert d.recover_stale() == []  # first sight of its heartbeat
+    clock.t += 25
+    assert heartbeat(store, jid, dead.token)  # alive: the heartbeat moved
+    clock.t += 25
+    assert d.recover_stale() == []  # the heartbeat moved: silent for 0 s, not 50
+    clock.t += 29  # ... then the worker was killed: nothing moves
+    assert d.recover_stale() == []
+    clock.t += 2
+    assert d.recover_stale() == [jid]
+    job = store.get(jid)
+    assert job.status == "queued" and job.run_token is None and job.attempts == 1
+    assert d.send_pending() == [jid] and app.sent == [jid, jid]
+    assert not heartbeat(store, jid, dead.token)  # the dead attempt cannot write any more
+    new = take_over(store, jid, "w2")
+    assert new.action == "run" and store.get(jid).attempts == 2
+    # The dead worker's own message, handed back by Redis at last, finds the job owned and waits.
+    assert take_over(store, jid, "w3").action == "wait"
+    store.finish(jid, new.token, "done", result={})
+    clock.t += 3600
+    assert d.recover_stale() == [] and d.send_pending() == [] and app.sent == [jid, jid]  # done stays done
+
+
+def test_a_worker_with_a_wrong_clock_is_not_taken_for_dead(store):
+    """Staleness is judged on the server's clock, by whether the heartbeat moves: a worker whose clock is an
+    hour behind writes heartbeats that look an hour old, and is alive all the same."""
+    d = CeleryDispatcher(store, "redis://x", app=_FakeCelery())
+    d._watch.clock = clock = _Clock()
+    jid = _job(store)
+    take_over(store, jid, "w1")
+    for k in range(12):
+        _age(store, jid, 3600 - k)  # a heartbeat every 5 s, stamped an hour in the past
+        assert d.recover_stale() == []
+        clock.t += 5
+    assert store.get(jid).status == "running"
+
+
+def test_a_late_heartbeat_keeps_the_job_where_it_is(store):
+    """The re-queue is guarded by the exact heartbeat seen: one that lands in between wins."""
+    jid = _job(store)
+    owner = take_over(store, jid, "w1")
+    seen = store.get(jid).updated_at
+    _age(store, jid, -1)  # the owner beats once more
+    assert store.requeue_stale(jid, owner.token, seen) is None
+    assert store.get(jid).run_token == owner.token
+    now = store.get(jid).updated_at
+    assert store.requeue_stale(jid, owner.token, now) == "queued"
+
+
+def test_a_dead_workers_cancelled_or_exhausted_job_is_not_sent_again(store):
+    app = _FakeCelery()
+    d = CeleryDispatcher(store, "redis://x", app=app)
+    d._watch.clock = clock = _Clock()
+    cancelled, exhausted = _job(store), _job(store)
+    d.send_pending()
+    take_over(store, cancelled, "w1")
+    store.request_cancel(cancelled)
+    with store.session() as s:
+        s.execute(update(JobRow).where(JobRow.id == exhausted).values(attempts=MAX_ATTEMPTS - 1))
+    take_over(store, exhausted, "w1")
+    d.recover_stale()
+    clock.t += 31
+    assert d.recover_stale() == []
+    assert store.get(cancelled).status == "cancelled"
+    assert store.get(exhausted).status == "failed" and "interrupted" in store.get(exhausted).error
+    assert d.send_pending() == [] and len(app.sent) == 2

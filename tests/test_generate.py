@@ -145,3 +145,25 @@ def test_cli_info() -> None:
     r = run_cli("info")
     assert r.returncode == 0, r.stderr
     assert "libx264" in r.stdout and "face mesh model" in r.stdout and "bundled" in r.stdout
+
+
+def test_an_animated_transparent_face_is_rendered_as_its_first_frame(tmp_path) -> None:
+    """A cut-out portrait as an animated WebP (transparent background): rendered, its first frame speaking
+    over grey, where it was refused as a damaged file."""
+    from PIL import Image
+
+    rgba = np.asarray(Image.open(media("portrait_474.png")).convert("RGBA")).copy()
+    rgba[:24, :, :] = 0  # a transparent band along the top
+    first = Image.fromarray(rgba)
+    face = tmp_path / "wave.webp"
+    first.save(face, save_all=True, append_images=[first.rotate(10), first.rotate(20)], duration=100, loop=0,
+               lossless=True)
+    audio = cut_audio(media("en_radio_8s.wav"), tmp_path / "a.wav", 1.0)
+    out = tmp_path / "out.mp4"
+    result = lipdub.generate(audio, face, out, device="cpu")
+    assert result.faces_missing == 0
+    facts = video_facts(out)
+    assert facts["width"] == first.width - first.width % 2 and abs(facts["duration"] - 1.0) < 0.1, facts
+    with av.open(str(out)) as c:
+        top = next(c.decode(video=0)).to_ndarray(format="rgb24")[2:20, 8:-8].astype(np.float32)
+    assert np.abs(top - 128).mean() < 8  # grey, not black

@@ -189,3 +189,36 @@ def test_a_database_hiccup_does_not_orphan_a_running_render(tmp_path, monkeypatc
     studio.dispatcher.run_claimed(job.id, claimed.run_token, "cpu")
     assert len(failures) == 4
     assert real_get(job.id).status == "done", real_get(job.id)
+
+
+def test_a_running_job_that_nobody_renders_is_taken_back(tmp_path):
+    """A job left "running" by a render nobody watches any more (the server sharing this database that ran
+    it was killed; or a watcher that could not record its outcome for minutes) stayed running until this
+    server restarted. Its heartbeat stands still, so the pool's sweep re-queues it and renders it; the
+    pool's own live render, which is quiet for longer than the stale time, is never taken for dead."""
+    from sqlalchemy import update
+
+    from lipdub.jobs.runner import LocalDispatcher
+    from lipdub.jobs.service import AUDIO, FACE, Studio
+    from lipdub.jobs.store import RUNNING, JobRow
+
+    (photo,) = need_media("portrait_474.png")
+    audio = short_audio(tmp_path / "speech.wav", 2.0)
+    studio = Studio(Settings(data_dir=tmp_path / "data", device="cpu", workers=1))
+    studio.dispatcher = LocalDispatcher(studio.store, studio.storage, workers=1, device="cpu", poll_s=0.2,
+                                        prewarm=False, stale_after_s=2.0, sweep_s=0.5)
+    a, f = studio.add_upload_path(audio, AUDIO), studio.add_upload_path(photo, FACE)
+    studio.start()
+    try:
+        with studio.store.session() as s:  # claimed by a process that then died, in one transaction
+            orphan = studio.store.create_job(a.key, f.key, audio_name=a.name, face_name=f.name, session=s)
+            s.execute(update(JobRow).where(JobRow.id == orphan.id).values(
+                status=RUNNING, stage="analysing audio", run_token="0" * 16, worker="gone:1:w0", attempts=1))
+        deadline = time.monotonic() + 300
+        while (job := studio.store.get(orphan.id)).status not in ("done", "failed", "cancelled"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.2)
+        assert job.status == "done" and job.attempts == 2, job
+        assert studio.storage.result_path(orphan.id).exists()
+    finally:
+        studio.stop()

@@ -418,3 +418,99 @@ def test_a_streamed_webm_without_a_stated_length_is_measured(tmp_path) -> None:
         assert c.duration is None  # the case at hand
     info = probe(out)
     assert info.kind == "audio" and abs(info.duration - 2.0) < 0.05
+
+
+def _rgb(info) -> np.ndarray:
+    from lipdub.media.decode import load_image
+
+    return cv2.cvtColor(load_image(info), cv2.COLOR_YUV2RGB_I420).astype(np.float32)
+
+
+@pytest.mark.parametrize("orientation", [2, 3, 4, 5, 6, 7, 8])
+def test_a_photo_comes_out_upright_whatever_its_exif_orientation(tmp_path, orientation: int) -> None:
+    """A phone photo stored turned and mirrored, with the EXIF tag that says how to show it (2, 4, 5, 7:
+    mirrored) came out upside down or mirrored: only the display matrix's angle was read."""
+    from PIL import Image
+
+    upright = Image.open(media("portrait_624.jpg")).convert("RGB").crop((0, 0, 624, 500))  # not square
+    undo = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_270}[orientation]
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"phone_{orientation}.jpg"
+    upright.transpose(undo).save(path, exif=exif, quality=95)
+    info = probe(path)
+    assert (info.width, info.height) == (624, 500)
+    shown = _rgb(info)
+    assert shown.shape == (500, 624, 3)
+    assert np.abs(shown - np.asarray(upright, np.float32)).mean() < 3  # JPEG and YUV rounding only
+
+
+@pytest.mark.parametrize("fmt", ["gif", "webp"])
+def test_an_animated_face_is_its_first_frame(tmp_path, fmt: str, caplog) -> None:
+    """An animated GIF or WebP offered as the face is a photo: its first frame (an animated WebP was
+    refused as "a video stream without a picture size; ... damaged")."""
+    from PIL import Image
+
+    photo = Image.open(media("portrait_474.png")).convert("RGB")
+    frames = [photo.rotate(angle) for angle in (0, 8, 16)]
+    path = tmp_path / f"wave.{fmt}"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=120, loop=0,
+                   **({"lossless": True} if fmt == "webp" else {}))
+    with caplog.at_level("INFO"):
+        info = probe(path)
+    assert info.kind == "image" and (info.width, info.height) == photo.size
+    assert "first frame" in caplog.text
+    first = np.asarray(Image.open(path).convert("RGB"), np.float32)  # what the file's first frame holds
+    assert np.abs(_rgb(info) - first).mean() < 3
+    assert np.abs(_rgb(info) - np.asarray(frames[1], np.float32)).mean() > 10  # not another frame
+
+
+def test_a_transparent_photo_is_shown_over_grey(tmp_path, caplog) -> None:
+    """A cut-out PNG: its transparent parts became black (the colour they hold); now neutral grey, said in the log."""
+    from PIL import Image
+
+    rgba = np.asarray(Image.open(media("portrait_474.png")).convert("RGBA")).copy()
+    h, w = rgba.shape[:2]
+    rgba[:, : w // 4] = 0  # transparent black, as image editors store a cut-out's background
+    rgba[:, w // 4 : w // 4 + 8, 3] = 128  # a half-transparent seam
+    path = tmp_path / "cutout.png"
+    Image.fromarray(rgba).save(path)
+    info = probe(path)
+    with caplog.at_level("INFO"):
+        shown = _rgb(info)
+    assert "transparent" in caplog.text and "grey" in caplog.text
+    assert np.abs(shown[8:-8, 8 : w // 4 - 8] - 128).max() < 4
+    seam = rgba[:, w // 4 + 2, :3].astype(np.float32) * (128 / 255) + 128 * (1 - 128 / 255)
+    assert np.abs(shown[8:-8, w // 4 + 2] - seam[8:-8]).mean() < 4
+    assert np.abs(shown[:, w // 2 :] - rgba[:, w // 2 :, :3]).mean() < 3  # the opaque rest is untouched
+
+
+def test_a_text_file_named_like_a_photo_is_not_an_image_or_video(tmp_path) -> None:
+    path = tmp_path / "notes.jpg"
+    path.write_text("Meeting notes\n" * 40)
+    with pytest.raises(InputError, match=r"notes\.jpg is not an image or video"):
+        probe(path)
+
+
+def test_the_studio_file_pickers_take_every_format_the_readme_lists() -> None:
+    """The README lists wma and aiff speech (and nine video kinds); the studio's pickers hid some of them."""
+    import re
+    from pathlib import Path
+
+    from gradio_client.utils import is_valid_file
+
+    from lipdub.web.ui import AUDIO_TYPES, FACE_TYPES
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    inputs = readme[readme.index("- **Inputs.**"):].split("\n- ")[0]
+    audio_line, template_line = inputs.split("Templates:")
+    audio = re.findall(r"\b([a-z0-9]{2,4})\b(?=,| or)", audio_line.split(":", 1)[1])
+    videos, photos = template_line.split(" videos, or ")
+    videos, photos = re.findall(r"[a-z0-9]{2,4}", videos), re.findall(r"[a-z0-9]{2,4}", photos.split(" photos")[0])
+    assert {"wma", "aiff"} <= set(audio) and {"mkv", "3gp"} <= set(videos) and "bmp" in photos
+    for ext in audio + videos:  # a video's sound track is speech too
+        assert is_valid_file(f"speech.{ext}", AUDIO_TYPES), ext  # what Gradio checks an upload with
+    for ext in videos + photos + ["gif", "jpeg"]:
+        assert is_valid_file(f"face.{ext}", FACE_TYPES), ext

@@ -113,3 +113,67 @@ def test_start_clears_only_stale_temporary_files(studio):
         assert fresh.exists() and not stale.exists()
     finally:
         studio.stop()
+
+
+def _same_inputs(studio: Studio, tmp_path):
+    from lipdub.jobs.service import AUDIO, FACE
+
+    (photo,) = need_media("portrait_474.png")
+    audio = short_audio(tmp_path / "speech.wav", 1.0)
+    return (lambda: studio.add_upload_path(audio, AUDIO)), (lambda: studio.add_upload_path(photo, FACE))
+
+
+def test_deleting_a_job_while_another_request_uploads_the_same_files(studio, tmp_path):
+    """Request B uploads the same speech and photo as job J; request A deletes J before B submits. A took
+    the uploads away (no job used them any more): B's job then broke the foreign key (a 500) or, without
+    one, pointed at files that were gone."""
+    audio, face = _same_inputs(studio, tmp_path)
+    old = studio.submit(audio(), face())
+    a2, f2 = audio(), face()  # request B, up to its submit
+    studio.delete(old.id)  # request A
+    job = studio.submit(a2, f2)  # request B goes on
+    for key in (job.audio_key, job.face_key):
+        path = studio.storage.upload_path(key)
+        assert path.exists() and path.stat().st_size > 0, key
+    assert studio.store.upload_in_use(job.audio_key) and studio.store.upload_in_use(job.face_key)
+    assert not list((studio.storage.root / "pins").iterdir())  # B's pins are gone once its job is recorded
+
+
+def test_deleting_a_job_while_another_request_checks_the_same_file(studio, tmp_path, monkeypatch):
+    """A's delete lands while B's upload of the same photo is being checked: B's check found no file and
+    refused the user's photo."""
+    from lipdub.jobs import service
+
+    audio, face = _same_inputs(studio, tmp_path)
+    old = studio.submit(audio(), face())
+    real_check = service.check_media
+
+    def check_while_deleted(path, role, **kw):  # noqa: ANN001, ANN003
+        if role == service.FACE:
+            studio.delete(old.id)  # request A, at this very moment
+        return real_check(path, role, **kw)
+
+    monkeypatch.setattr(service, "check_media", check_while_deleted)
+    a2 = audio()
+    f2 = face()
+    job = studio.submit(a2, f2)
+    assert studio.storage.upload_path(job.face_key).exists() and studio.storage.upload_path(job.audio_key).exists()
+
+
+def test_upload_files_without_a_record_are_swept(studio, tmp_path):
+    """A crash between writing an upload and recording it left the file forever (the sweep went by the
+    database's records)."""
+    audio, face = _same_inputs(studio, tmp_path)
+    kept = studio.submit(audio(), face())
+    orphan, _ = studio.storage.put_upload(io.BytesIO(b"speech the server crashed on" * 100), "lost.wav")
+    fresh, _ = studio.storage.put_upload(io.BytesIO(b"an upload in progress" * 100), "new.wav")
+    hour_ago = time.time() - 3700
+    for key in (orphan, kept.audio_key, kept.face_key):
+        os.utime(studio.storage.upload_path(key), (hour_ago, hour_ago))
+    _key, _size, pin = studio.storage.put_upload_pinned(io.BytesIO(b"refused later" * 100), "x.wav")
+    os.utime(pin, (hour_ago, hour_ago))  # a request refused after this upload was stored: no job released it
+    studio.apply_retention()
+    assert not pin.exists()
+    assert not studio.storage.upload_path(orphan).exists()
+    assert studio.storage.upload_path(fresh).exists()  # may be recorded any moment now
+    assert studio.storage.upload_path(kept.audio_key).exists() and studio.storage.upload_path(kept.face_key).exists()

@@ -16,7 +16,8 @@ def register(app: typer.Typer) -> None:
         queue: str = typer.Option("lipdub", help="Celery queue to take jobs from."),
         visibility_timeout: float = typer.Option(
             7200.0, help="Seconds before Redis hands an unacknowledged job to another worker; longer than the "
-            "longest render, and how long the job of a worker that died waits to be re-run."),
+            "longest render. A dead worker's job is re-sent by the app from its heartbeat within about 40 s; "
+            "this is the last resort when no app is running."),
         name: str | None = typer.Option(None, help="Worker node name (default: lipdub-DEVICE-PID@HOST)."),
         verbose: bool = typer.Option(False, "--verbose", "-v"),
     ) -> None:

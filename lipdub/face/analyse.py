@@ -42,7 +42,9 @@ def analyse_template(info: MediaInfo, fps: Fraction, cache_root: Path | None = N
     ``frame_sink(k, frame, landmarks)`` sees every decoded template frame (packed I420) with the face
     found on it (None if none) while a video is analysed, so other per-frame work (the mouth bank)
     needs no second decode. It is not called when the analysis comes from the cache."""
-    key = content_hash(info.path, extra=f"v{ANALYSIS_VERSION}:{fps}:{info.rotation}")
+    # How the picture is decoded is part of the key: a mirrored or transparent photo looks different now.
+    how = (":mirror" if info.mirror else "") + (":pillow" if info.pillow_still else "")
+    key = content_hash(info.path, extra=f"v{ANALYSIS_VERSION}:{fps}:{info.rotation}{how}")
     cache_dir = avatars_root(cache_root or default_cache_root()) / key[:24]
     mark_used(cache_dir)  # first, so pruning by another job leaves it alone from now on
     cached = Avatar.load(cache_dir)

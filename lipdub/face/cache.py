@@ -27,6 +27,9 @@ USED_MARK = "last_used"  # an empty file; its modification time is the avatar's 
 # file stays readable after removal), so this only needs to outlast a long template's analysis.
 IN_USE_S = 3600.0
 GB = 2**30  # binary gigabytes, as the studio shows sizes
+# A mouth bank being written (lipdub/render/bank.py) lives in a hidden folder of the cache's avatars folder
+# until it is complete; it is no avatar yet, but its bytes are on the disk all the same.
+BANK_IN_PROGRESS_PREFIX = ".mouth_bank-"
 
 
 @dataclass
@@ -96,15 +99,23 @@ def _last_used(folder: Path, newest_file: float) -> float:
         return newest_file
 
 
+def banks_in_progress_bytes(root: Path) -> int:
+    """Bytes of the mouth banks being written under ``root`` (the cache's ``avatars`` folder)."""
+    return sum(_tree_size(folder)[0] for folder in root.glob(BANK_IN_PROGRESS_PREFIX + "*"))
+
+
 def prune(root: Path, max_bytes: int, keep: tuple[Path, ...] = (), in_use_s: float = IN_USE_S) -> list[CachedAvatar]:
-    """Remove the least recently used avatars under ``root`` until they take at most ``max_bytes``
-    (0: no limit); never those in ``keep`` or used within ``in_use_s``. Returns the ones removed."""
+    """Remove the least recently used avatars under ``root`` until they, and the mouth banks being written,
+    take at most ``max_bytes`` (0: no limit); never those in ``keep`` or used within ``in_use_s``.
+    Returns the ones removed."""
     if max_bytes <= 0:
         return []
     for left in root.glob(".removing-*"):  # a removal cut short by a killed process
         shutil.rmtree(left, ignore_errors=True)
     avatars = cached_avatars(root)
-    total = sum(a.bytes for a in avatars)
+    # Banks still being written count: several jobs writing gigabytes each would otherwise fill the disk
+    # while the finished avatars alone look within budget.
+    total = sum(a.bytes for a in avatars) + banks_in_progress_bytes(root)
     if total <= max_bytes:
         return []
     now = time.time()

@@ -8,11 +8,14 @@ state, progress and result; the broker only carries "render job <id>" messages. 
 * A worker takes a job over with one guarded UPDATE (a new run token), then renders it exactly as the
   embedded mode does: :meth:`LocalDispatcher.run_claimed` runs ``python -m lipdub.jobs.child`` (which
   calls :func:`~lipdub.jobs.runner.run_job`), so progress, logs, cancel and crash handling are shared.
-* Messages are acknowledged late. A worker node killed mid-job never acks; Redis hands its message to
-  another worker after ``visibility_timeout``. The row still says ``running`` under the dead attempt's
-  token; the new delivery sees that its heartbeat went stale and takes the job over (attempts + 1).
-  A second delivery of a job whose owner is alive (a job longer than the visibility timeout) is
-  retried later instead of dropped, and a finished job is never rendered again.
+* A worker touches its job row every 5 s while it renders. The server's sweep watches those heartbeats:
+  a running job whose heartbeat has not moved for 30 s (its worker was killed) is put back in the queue
+  under a void run token, in the same transaction as its outbox row is dropped, so the sweep sends it
+  again at once and any live worker renders it (attempts + 1). The dead attempt's writes are refused.
+* Messages are also acknowledged late, the last resort when no server is running: Redis hands a dead
+  worker's message to another worker after ``visibility_timeout``, and that delivery takes the job over
+  if its heartbeat went stale. A delivery of a job whose owner is alive (a late redelivery, or one the
+  sweep already re-sent) is retried later instead of dropped, and a finished job is never rendered again.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from sqlalchemy import DateTime, String, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from lipdub.jobs.recovery import STALE_AFTER_S, HeartbeatWatch, requeue_stale
 from lipdub.jobs.storage import LocalStorage, Storage
 from lipdub.jobs.store import (
     CANCELLED,
@@ -56,11 +60,9 @@ DEFAULT_QUEUE = "lipdub"
 # Redis re-delivers a message its consumer has not acknowledged after this long. It must exceed the
 # longest render: a live job older than this gets a second delivery (which then waits, see below).
 DEFAULT_VISIBILITY_TIMEOUT_S = 2 * 3600
-# A worker touches its job row this often while it renders; a row untouched for STALE_AFTER_S belongs
-# to a dead worker and may be taken over.
-HEARTBEAT_S = 5.0
-STALE_AFTER_S = float(os.environ.get("LIPDUB_CELERY_STALE_S", "30"))
-SWEEP_S = 5.0  # how often the server re-checks for queued jobs it has not sent
+# A worker touches its job row every HEARTBEAT_S while it renders; a row untouched for STALE_AFTER_S
+# belongs to a dead worker and is re-sent (both in lipdub/jobs/recovery.py).
+SWEEP_S = 5.0  # how often the server re-checks for queued jobs it has not sent and for dead workers' jobs
 
 
 class _OutboxBase(DeclarativeBase):
@@ -194,10 +196,7 @@ def take_over(store: JobStore, job_id: str, worker: str, *, stale_after: float =
 
 def heartbeat(store: JobStore, job_id: str, token: str) -> bool:
     """Mark the attempt holding ``token`` alive; False once it no longer owns the job."""
-    with store.session() as s:
-        res = s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.run_token == token,
-                                             JobRow.status == RUNNING).values(updated_at=utcnow()))
-        return res.rowcount == 1
+    return store.heartbeat(job_id, token)
 
 
 # -- the worker ----------------------------------------------------------------------------------
@@ -239,26 +238,11 @@ def register_task(app: Celery) -> Any:
 def _render(ctx: WorkerContext, job_id: str, token: str) -> str:
     from lipdub.jobs.runner import LocalDispatcher
 
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(HEARTBEAT_S):
-            try:
-                if not heartbeat(ctx.store, job_id, token):
-                    return
-            except Exception:  # the database may be briefly away; the render goes on
-                log.warning("Heartbeat for job %s failed", job_id, exc_info=True)
-
-    t = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{job_id}")
-    t.start()
     log.info("Job %s: rendering on %s.", job_id, ctx.device)
-    try:
-        # The same path as the embedded pool: a render child reporting into the store. The child
-        # dies with this process (PR_SET_PDEATHSIG), so a killed worker leaves no orphan render.
-        LocalDispatcher(ctx.store, ctx.storage, device=ctx.device).run_claimed(job_id, token, ctx.device)
-    finally:
-        stop.set()
-        t.join(2.0)
+    # The same path as the embedded pool: a render child reporting into the store, watched (and its
+    # heartbeat written every HEARTBEAT_S) by this process. The child dies with this process
+    # (PR_SET_PDEATHSIG), so a killed worker leaves no orphan render.
+    LocalDispatcher(ctx.store, ctx.storage, device=ctx.device).run_claimed(job_id, token, ctx.device)
     job = ctx.store.get(job_id)  # run_claimed logged the outcome; return it as the task's result
     return job.status if job else "deleted"
 
@@ -309,6 +293,7 @@ class CeleryDispatcher:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._seen: dict[str, float] = {}  # worker name -> last time seen (ping or a running job)
+        self._watch = HeartbeatWatch(store, STALE_AFTER_S)
 
     @property
     def workers(self) -> int:
@@ -318,7 +303,7 @@ class CeleryDispatcher:
 
     def start(self) -> None:
         # No requeue_interrupted() here: in this mode a "running" row may be rendering right now on
-        # another machine; a dead worker's job comes back through the broker instead.
+        # another machine; a dead worker's job is found by its heartbeat (recover_stale) instead.
         self._thread = threading.Thread(target=self._loop, name="lipdub-celery-sender", daemon=True)
         self._thread.start()
         log.info("Sending jobs to Celery at %s (queue %s).", redact(self.broker), self.queue)
@@ -339,6 +324,10 @@ class CeleryDispatcher:
         last_ping = 0.0
         while not self._stopping.is_set():
             try:
+                self.recover_stale()
+            except Exception:  # the database may be briefly away; look again next sweep
+                log.warning("Could not look for jobs of dead workers", exc_info=True)
+            try:
                 self.send_pending()
             except Exception:  # the database or broker may be briefly away; try again next sweep
                 log.exception("Could not send queued jobs to Celery")
@@ -347,6 +336,15 @@ class CeleryDispatcher:
                 self._refresh_workers()
             self._wake.wait(self.sweep_s)
             self._wake.clear()
+
+    def recover_stale(self) -> list[str]:
+        """Put back the running jobs whose worker stopped beating; :meth:`send_pending` then sends them
+        again. Their outbox rows go in the same transaction, so a crash in between loses no job."""
+
+        def unsend(s: Any, job_id: str) -> None:
+            s.execute(delete(OutboxRow).where(OutboxRow.job_id == job_id))
+
+        return requeue_stale(self.store, self._watch, also=unsend)
 
     def send_pending(self) -> list[str]:
         """Send every queued job not sent yet; returns the ids sent. Safe to run from several servers."""

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from lipdub.jobs.recovery import HEARTBEAT_S, STALE_AFTER_S, HeartbeatWatch, requeue_stale
 from lipdub.jobs.storage import Storage, as_named_by_user
 from lipdub.jobs.store import CANCELLED, DONE, FAILED, RUNNING, JobStore
 from lipdub.media.encode import partial_path
@@ -185,8 +186,16 @@ class LocalDispatcher:
     def __init__(self, store: JobStore, storage: Storage, *, workers: int = 1, device: str = "auto",
                  devices: list[str] | None = None, poll_s: float = 1.0,
                  child_cmd: Callable[[str, str, str], list[str]] | None = None, prewarm: bool = True,
-                 timeout_s: float = 4 * 3600.0, memory_mb: float = 8192.0) -> None:
+                 timeout_s: float = 4 * 3600.0, memory_mb: float = 8192.0, stale_after_s: float = STALE_AFTER_S,
+                 sweep_s: float = 5.0) -> None:
         self.store = store
+        # Each watched render touches its job this often; a running job that nobody has touched for
+        # stale_after_s (its watcher failed, or the server sharing this database that ran it died) is
+        # re-queued by this pool's recovery sweep, every sweep_s.
+        self.heartbeat_s = min(HEARTBEAT_S, stale_after_s / 4)
+        self.sweep_s = sweep_s
+        self._watch = HeartbeatWatch(store, stale_after_s)
+        self._alive: set[str] = set()  # run tokens of the jobs this pool's threads hold
         # A render child that runs longer or grows larger than this is killed and its job failed: a
         # pathological file costs one job, never the server (0 switches a limit off).
         self.timeout_s = timeout_s
@@ -250,7 +259,26 @@ class LocalDispatcher:
             t = threading.Thread(target=self._loop, args=(i,), name=f"lipdub-worker-{i}", daemon=True)
             t.start()
             self._threads.append(t)
+        t = threading.Thread(target=self._recovery_loop, name="lipdub-recovery", daemon=True)
+        t.start()
+        self._threads.append(t)
         log.info("Started %d render worker(s).", self.workers)
+
+    def _recovery_loop(self) -> None:
+        while not self._stopping.wait(self.sweep_s):
+            try:
+                self.recover_stale()
+            except Exception:  # the database may be briefly away; look again next sweep
+                log.warning("Could not look for abandoned jobs", exc_info=True)
+
+    def recover_stale(self) -> list[str]:
+        """Re-queue running jobs whose heartbeat stopped and that no thread of this pool holds."""
+        with self._lock:
+            alive = set(self._alive)
+        requeued = requeue_stale(self.store, self._watch, alive)
+        if requeued:
+            self.notify()
+        return requeued
 
     def notify(self) -> None:
         self._wake.set()
@@ -296,6 +324,8 @@ class LocalDispatcher:
                     self._wake.wait(self.poll_s)
                     self._wake.clear()
                     continue
+                with self._lock:
+                    self._alive.add(job.run_token or "")
                 try:
                     proc = None
                     if self._hand_over(spare, job.id, job.run_token or "", self.storage.log_path(job.id)):
@@ -307,6 +337,11 @@ class LocalDispatcher:
                     # A full disk (the job's log) or a database hiccup: fail this job, keep the worker.
                     log.exception("Worker %d failed to run job %s", index, job.id)
                     self._fail_unstarted(job.id, job.run_token or "")
+                finally:
+                    # Should the outcome be unrecorded (the database away for minutes), the recovery
+                    # sweep now sees a job nobody holds and re-queues it.
+                    with self._lock:
+                        self._alive.discard(job.run_token or "")
         finally:
             if spare is not None and spare.poll() is None:
                 _terminate(spare, grace=1.0)
@@ -335,12 +370,18 @@ class LocalDispatcher:
         with self._lock:
             self._procs[job_id] = proc
         log.info("Job %s started (pid %d).", job_id, proc.pid)
-        cancelled = stopping = False
+        cancelled = stopping = lost = False
         over: str | None = None
-        started = time.monotonic()
+        started = last_beat = time.monotonic()
         try:
             while proc.poll() is None:
                 time.sleep(0.5)
+                if time.monotonic() - last_beat >= self.heartbeat_s:
+                    last_beat = time.monotonic()
+                    try:  # the render's heartbeat, whatever its stage reports (a long analysis reports little)
+                        self.store.heartbeat(job_id, token)
+                    except Exception:
+                        log.warning("Could not record job %s's heartbeat; the render goes on.", job_id, exc_info=True)
                 if over is None and (over := self._over_limits(proc, started)):
                     log.warning("Job %s: %s; killing its render process.", job_id, over)
                     _kill_group(proc)
@@ -362,6 +403,12 @@ class LocalDispatcher:
                 if not cancelled and (now is None or now.cancel_requested):
                     cancelled = True  # cancelled, or deleted while running
                     log.info("Cancelling job %s.", job_id)
+                    _terminate(proc, grace=TERMINATE_GRACE_S)
+                elif not lost and now is not None and now.run_token != token:
+                    # Re-queued or taken over while this render was thought dead (its heartbeat could not
+                    # reach the database): stop it, so that one job never renders twice at a time.
+                    lost = True
+                    log.warning("Job %s was given to another attempt; stopping this render.", job_id)
                     _terminate(proc, grace=TERMINATE_GRACE_S)
         finally:
             with self._lock:

@@ -12,14 +12,18 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from lipdub.errors import InputError
 from lipdub.face.avatar import default_cache_root
-from lipdub.face.cache import avatars_root, budget_bytes, cached_avatars
+from lipdub.face.cache import avatars_root, banks_in_progress_bytes, budget_bytes, cached_avatars
 from lipdub.jobs.runner import Dispatcher, LocalDispatcher, default_workers
 from lipdub.jobs.storage import LocalStorage, UploadTooLarge, as_named_by_user
 from lipdub.jobs.store import DONE, FINISHED, RUNNING, Job, JobStore, sqlite_url, utcnow
@@ -34,6 +38,7 @@ STALE_TMP_S = 6 * 3600.0  # a file in tmp/ untouched this long belongs to no upl
 # this long, as the studio forgets uploads no job refers to.
 UI_UPLOAD_TTL_S = 3600.0
 MAX_ZIP_JOBS = 200
+T = TypeVar("T")
 
 
 @dataclass
@@ -97,6 +102,8 @@ class Upload:
     size: int
     kind: str
     duration: float
+    # This request's second name for the stored bytes (storage.put_upload_pinned), until its job is recorded.
+    pin: Path | None = None
 
 
 def check_media(path: str | Path, role: str, *, name: str | None = None, max_duration_s: float | None = None,
@@ -181,13 +188,6 @@ class Studio:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        # Half-written uploads and zips of a crash. Only old ones: another server may share this data
-        # dir (docs/deploy.md), and its uploads in progress are being written to right now.
-        for stale in (self.storage.root / "tmp").iterdir():
-            with contextlib.suppress(FileNotFoundError):
-                if time.time() - stale.stat().st_mtime > STALE_TMP_S:
-                    stale.unlink(missing_ok=True)
-        self.sweep_ui_uploads()
         self.dispatcher.start()
         self.apply_retention()
         # Hourly even when finished jobs are kept forever: uploads of refused requests must still go.
@@ -222,10 +222,26 @@ class Studio:
 
     def apply_retention(self) -> list[str]:
         """Delete finished jobs (files and rows) older than ``retention_days``; 0 keeps everything.
-        Also drops uploads no job refers to (a request refused half-way) after an hour."""
+        Also drops, after an hour, uploads no job refers to (a request refused half-way) and upload files
+        with no row at all (a crash between the write and the insert); and old files in ``tmp/``."""
+        # Half-written uploads and zips of a crash. Only old ones: another server may share this data dir
+        # (docs/deploy.md) and be writing its own right now.
+        for stale in (self.storage.root / "tmp").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - stale.stat().st_mtime > STALE_TMP_S:
+                    stale.unlink(missing_ok=True)
         for key in self.store.unreferenced_uploads(older_than=utcnow() - timedelta(hours=1)):
             self._discard(key)
         self.sweep_ui_uploads()
+        # Pins of requests that stored an upload and then were refused (their other file was bad): a
+        # request records its job seconds after its uploads, so an hour-old pin has no request left.
+        self.storage.sweep_pins(older_than_s=3600)
+        known = self.store.upload_keys()
+        orphans = [key for key in self.storage.upload_files(older_than_s=3600) if key not in known]
+        for key in orphans:
+            self._discard(key)
+        if orphans:
+            log.info("Removed %d stored upload file(s) that no job or upload record refers to.", len(orphans))
         days = self.settings.retention_days
         if days <= 0:
             return []
@@ -243,7 +259,7 @@ class Studio:
         name = safe_name(filename, role)
         limits = self.settings.limits
         try:
-            key, size = self.storage.put_upload(stream, name, max_bytes=limits.max_bytes)
+            key, size, pin = self.storage.put_upload_pinned(stream, name, max_bytes=limits.max_bytes)
         except UploadTooLarge as e:
             raise ValidationError(f"{name} is larger than the {self.settings.max_upload_mb:g} MB limit.", role) from e
         except OSError as e:
@@ -251,16 +267,17 @@ class Studio:
                 log.error("Disk full while storing an upload in %s", self.storage.root)
                 raise DiskFull("The server's disk is full; the upload was not stored. Try again later.") from e
             raise
-        if size == 0:
-            self._discard(key)
-            raise ValidationError(f"{name} is empty (0 bytes).", role)
         try:
-            info = check_media(self.storage.upload_path(key), role, name=name, limits=limits)
-        except ValidationError:
+            if size == 0:
+                raise ValidationError(f"{name} is empty (0 bytes).", role)
+            # The pin, not the stored file: a delete of another job on the same content may remove that now.
+            info = check_media(pin, role, name=name, limits=limits)
+            self.store.add_upload(key, name, size, info.kind, float(info.duration))
+        except BaseException:
+            pin.unlink(missing_ok=True)
             self._discard(key)
             raise
-        self.store.add_upload(key, name, size, info.kind, float(info.duration))
-        return Upload(key, name, size, info.kind, float(info.duration))
+        return Upload(key, name, size, info.kind, float(info.duration), pin)
 
     def add_upload_path(self, path: str | Path, role: str, name: str | None = None) -> Upload:
         with open(path, "rb") as f:
@@ -268,9 +285,30 @@ class Studio:
 
     def _discard(self, key: str) -> None:
         # Only when no job refers to the same content (a job's upload is never lost).
-        if not self.store.upload_in_use(key):
-            self.store.remove_upload(key)
-            self.storage.delete_upload(key)
+        self.store.remove_upload(key, remove_file=lambda: self.storage.delete_upload(key))
+
+    def _record(self, uploads: list[Upload], create: Callable[[Session], T]) -> T:
+        """Record jobs on ``uploads`` (``create`` inserts them) in one transaction that first makes sure each
+        upload's row and file are there: a delete of another job on the same content, since the upload,
+        may have removed both, and they are put back from this request's pin."""
+        for attempt in range(3):
+            try:
+                with self.store.session() as s:
+                    for u in uploads:
+                        self.store.add_upload(u.key, u.name, u.size, u.kind, u.duration, session=s)
+                        if u.pin is not None and u.pin.exists() and self.storage.restore_upload(u.key, u.pin):
+                            log.info("%s was removed by a delete on the same content meanwhile; put back.", u.name)
+                        elif not self.storage.upload_path(u.key).exists():
+                            raise ValidationError(f"{u.name} is no longer stored; upload it again.")
+                    created = create(s)
+                break
+            except IntegrityError:  # PostgreSQL: the delete committed while this ran; look again
+                if attempt == 2:
+                    raise
+        for u in uploads:
+            if u.pin is not None:
+                u.pin.unlink(missing_ok=True)
+        return created
 
     # -- jobs ------------------------------------------------------------------------------------
 
@@ -304,8 +342,9 @@ class Studio:
 
     def submit(self, audio: Upload, face: Upload, *, engine: str | None = None, quality: str | None = None,
                head_motion: bool | None = None) -> Job:
-        job = self.store.create_job(audio.key, face.key, audio_name=audio.name, face_name=face.name,
-                                    options=self.check_options(engine, quality, head_motion))
+        options = self.check_options(engine, quality, head_motion)
+        job = self._record([audio, face], lambda s: self.store.create_job(
+            audio.key, face.key, audio_name=audio.name, face_name=face.name, options=options, session=s))
         log.info("Job %s queued: %s + %s", job.id, audio.name, face.name)
         self.dispatcher.notify()
         return job
@@ -316,7 +355,8 @@ class Studio:
         mode = self.check_batch_shape(len(audios), len(faces))
         pairs = [(a, f) for a in audios for f in faces]
         items = [(a.key, f.key, a.name, f.name) for a, f in pairs]
-        batch_id, jobs = self.store.create_batch(mode, items, self.check_options(engine, quality, head_motion))
+        options = self.check_options(engine, quality, head_motion)
+        batch_id, jobs = self._record([*audios, *faces], lambda s: self.store.create_batch(mode, items, options, session=s))
         log.info("Batch %s queued: %d job(s).", batch_id, len(jobs))
         self.dispatcher.notify()
         return batch_id, jobs
@@ -376,7 +416,8 @@ class Studio:
     def usage(self) -> dict[str, Any]:
         u = dict(self.storage.usage())
         # The avatar cache lives apart from the storage ($LIPDUB_CACHE) but fills the same kind of disk.
-        u["avatar_cache_bytes"] = sum(a.bytes for a in cached_avatars(avatars_root(default_cache_root())))
+        avatars = avatars_root(default_cache_root())
+        u["avatar_cache_bytes"] = sum(a.bytes for a in cached_avatars(avatars)) + banks_in_progress_bytes(avatars)
         try:
             u["avatar_cache_budget_bytes"] = budget_bytes()
         except InputError:

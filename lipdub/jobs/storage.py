@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -38,6 +39,11 @@ class Storage(Protocol):
     def ui_dir(self) -> Path: ...
 
     def put_upload(self, stream: BinaryIO, filename: str, max_bytes: int | None = None) -> tuple[str, int]: ...
+    def put_upload_pinned(self, stream: BinaryIO, filename: str,
+                          max_bytes: int | None = None) -> tuple[str, int, Path]: ...
+    def restore_upload(self, key: str, pin: Path) -> bool: ...
+    def upload_files(self, older_than_s: float) -> list[str]: ...
+    def sweep_pins(self, older_than_s: float) -> int: ...
     def upload_path(self, key: str) -> Path: ...
     def delete_upload(self, key: str) -> None: ...
     def job_dir(self, job_id: str) -> Path: ...
@@ -67,6 +73,7 @@ class LocalStorage:
         (self.root / "uploads").mkdir(parents=True, exist_ok=True)
         (self.root / "jobs").mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        (self.root / "pins").mkdir(parents=True, exist_ok=True)
         self.ui_dir.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -77,6 +84,17 @@ class LocalStorage:
 
     def put_upload(self, stream: BinaryIO, filename: str, max_bytes: int | None = None) -> tuple[str, int]:
         """Store a stream under the hash of its content; return (key, size). Same content, same key."""
+        key, size, pin = self.put_upload_pinned(stream, filename, max_bytes)
+        pin.unlink(missing_ok=True)
+        return key, size
+
+    def put_upload_pinned(self, stream: BinaryIO, filename: str,
+                          max_bytes: int | None = None) -> tuple[str, int, Path]:
+        """:meth:`put_upload`, and a second name for the same bytes in ``pins/`` (the *pin*; a hard link, or
+        a copy where the filesystem has none) for the caller to remove once its job is recorded: a
+        request deleting another job on the same content may remove the stored file meanwhile, and
+        :meth:`restore_upload` puts it back from the pin. A request that never records a job leaves its
+        pin to :meth:`sweep_pins`."""
         ext = Path(filename or "").suffix.lower()
         ext = ext if _SAFE_EXT.match(ext) else ""
         digest, size = hashlib.sha256(), 0
@@ -92,17 +110,57 @@ class LocalStorage:
                 out.flush()
                 os.fsync(out.fileno())  # an upload acknowledged to the user must survive a crash
             key = digest.hexdigest() + ext
-            final = self.upload_path(key)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            if final.exists() and final.stat().st_size == size:
-                os.unlink(tmp)
-            else:
-                os.replace(tmp, final)
-            return key, size
+            # Always this request's own copy (the same bytes under the same name, swapped in atomically): a
+            # file being removed by another request right now is not relied on, and its age is now.
+            self._place(Path(tmp), self.upload_path(key))
+            pin = self.root / "pins" / Path(tmp).name
+            os.replace(tmp, pin)
+            return key, size, pin
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+
+    def _place(self, pin: Path, final: Path) -> None:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staged = pin.with_name(pin.name + ".placing")
+        try:
+            os.link(pin, staged)
+        except OSError:  # no hard links here (some network filesystems)
+            shutil.copyfile(pin, staged)
+        os.replace(staged, final)
+
+    def restore_upload(self, key: str, pin: Path) -> bool:
+        """Put an upload back from its pin if it is missing; True when it had to."""
+        final = self.upload_path(key)
+        if final.exists():
+            return False
+        self._place(pin, final)
+        return True
+
+    def sweep_pins(self, older_than_s: float) -> int:
+        """Remove the pins of requests that ended without recording a job; returns how many."""
+        cutoff, removed = time.time() - older_than_s, 0
+        for pin in (self.root / "pins").iterdir():
+            try:
+                if pin.stat().st_mtime < cutoff:
+                    pin.unlink()
+                    removed += 1
+            except OSError:
+                continue  # released meanwhile
+        return removed
+
+    def upload_files(self, older_than_s: float) -> list[str]:
+        """Keys of the stored upload files last written more than ``older_than_s`` seconds ago."""
+        cutoff = time.time() - older_than_s
+        keys = []
+        for path in (self.root / "uploads").glob("*/*"):
+            try:
+                if path.stat().st_mtime < cutoff and re.fullmatch(r"[0-9a-f]{64}(\.[a-z0-9]{1,5})?", path.name):
+                    keys.append(path.name)
+            except OSError:
+                continue  # removed while we looked
+        return keys
 
     def put_file(self, path: str | os.PathLike, max_bytes: int | None = None) -> tuple[str, int]:
         with open(path, "rb") as f:

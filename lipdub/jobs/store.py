@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -34,6 +34,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 log = logging.getLogger(__name__)
@@ -209,10 +210,24 @@ class JobStore:
 
     # -- uploads ---------------------------------------------------------------------------------
 
-    def add_upload(self, key: str, filename: str, size: int, kind: str = "", duration: float = 0.0) -> None:
+    def add_upload(self, key: str, filename: str, size: int, kind: str = "", duration: float = 0.0,
+                   session: Session | None = None) -> None:
+        """Record an upload; one recorded before is renewed (the hourly sweep counts an unused upload's
+        age from its last use)."""
+        if session is None:
+            with self.session() as s:
+                return self.add_upload(key, filename, size, kind, duration, session=s)
+        row = session.get(UploadRow, key)
+        if row is None:
+            session.add(UploadRow(key=key, filename=filename, size=size, kind=kind, duration=duration,
+                                  created_at=utcnow()))
+        else:
+            row.created_at = utcnow()
+        session.flush()
+
+    def upload_keys(self) -> set[str]:
         with self.session() as s:
-            if s.get(UploadRow, key) is None:
-                s.add(UploadRow(key=key, filename=filename, size=size, kind=kind, duration=duration))
+            return set(s.scalars(select(UploadRow.key)))
 
     def upload_in_use(self, key: str) -> bool:
         with self.session() as s:
@@ -228,16 +243,26 @@ class JobStore:
                 q = q.where(UploadRow.created_at < older_than)
             return list(s.scalars(q))
 
-    def remove_upload(self, key: str) -> bool:
-        """Drop the upload row unless a job uses it; True when it was dropped."""
-        with self.session() as s:
-            used = s.scalar(select(func.count()).select_from(JobRow)
-                            .where(or_(JobRow.audio_key == key, JobRow.face_key == key)))
-            row = s.get(UploadRow, key)
-            if used or row is None:
-                return False
-            s.delete(row)
-            return True
+    def remove_upload(self, key: str, remove_file: Callable[[], None] | None = None) -> bool:
+        """Drop the upload's row (and, through ``remove_file``, its file) unless a job uses it; True when it
+        was dropped. The file goes inside the transaction that drops the row: a request recording a job
+        on the same content either comes first (and the upload stays) or finds both gone and puts
+        them back (:meth:`lipdub.jobs.service.Studio.submit`)."""
+        try:
+            with self.session() as s:
+                used = s.scalar(select(func.count()).select_from(JobRow)
+                                .where(or_(JobRow.audio_key == key, JobRow.face_key == key)))
+                if used:
+                    return False
+                row = s.get(UploadRow, key)
+                if row is not None:
+                    s.delete(row)
+                    s.flush()  # a job recorded meanwhile on another connection makes this fail, not the job
+                if remove_file is not None:
+                    remove_file()
+                return row is not None
+        except IntegrityError:
+            return False
 
     # -- creating and reading --------------------------------------------------------------------
 
@@ -258,16 +283,18 @@ class JobStore:
             return _snapshot(row)
 
     def create_batch(self, mode: str, items: list[tuple[str, str, str, str]],
-                     options: dict[str, Any] | None = None) -> tuple[str, list[Job]]:
+                     options: dict[str, Any] | None = None, session: Session | None = None) -> tuple[str, list[Job]]:
         """One transaction for the batch and all its jobs: (audio_key, face_key, audio_name, face_name)."""
-        with self.session() as s:
-            batch = BatchRow(id=new_id(), mode=mode, created_at=utcnow())
-            s.add(batch)
-            s.flush()
-            jobs = [self.create_job(a, f, audio_name=an, face_name=fn, options=options, batch_id=batch.id,
-                                    batch_index=i, session=s)
-                    for i, (a, f, an, fn) in enumerate(items)]
-            return batch.id, jobs
+        if session is None:
+            with self.session() as s:
+                return self.create_batch(mode, items, options, session=s)
+        batch = BatchRow(id=new_id(), mode=mode, created_at=utcnow())
+        session.add(batch)
+        session.flush()
+        jobs = [self.create_job(a, f, audio_name=an, face_name=fn, options=options, batch_id=batch.id,
+                                batch_index=i, session=session)
+                for i, (a, f, an, fn) in enumerate(items)]
+        return batch.id, jobs
 
     def get(self, job_id: str) -> Job | None:
         with self.session() as s:
@@ -409,6 +436,49 @@ class JobStore:
                     row.message = "re-queued after a restart"
                     requeued.append(row.id)
         return requeued
+
+    def heartbeat(self, job_id: str, token: str) -> bool:
+        """Mark the attempt holding ``token`` alive; False once it no longer owns the job."""
+        with self.session() as s:
+            res = s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.run_token == token,
+                                                 JobRow.status == RUNNING).values(updated_at=utcnow()))
+            return res.rowcount == 1
+
+    def running_heartbeats(self) -> list[tuple[str, str | None, datetime, str | None]]:
+        """(id, run token, last heartbeat, worker) of every running job."""
+        with self.session() as s:
+            return [tuple(r) for r in s.execute(  # type: ignore[misc]
+                select(JobRow.id, JobRow.run_token, JobRow.updated_at, JobRow.worker).where(JobRow.status == RUNNING))]
+
+    def requeue_stale(self, job_id: str, token: str | None, beat: datetime,
+                      also: Callable[[Session, str], None] | None = None) -> str | None:
+        """Put back a running job whose owner stopped beating, only if its token and heartbeat are still
+        exactly ``token`` and ``beat`` (the owner was seen dead, and has not beaten since). The dead
+        attempt counts (so a job that kills every worker fails after MAX_ATTEMPTS); a pending cancel
+        is honoured. Returns the job's new status, or None when it had moved on. ``also`` runs in the
+        same transaction when the job was put back."""
+        with self.session() as s:
+            row = s.get(JobRow, job_id)
+            if row is None:
+                return None
+            now = utcnow()
+            values: dict[str, Any] = dict(run_token=None, updated_at=now)
+            if row.cancel_requested:
+                values.update(status=CANCELLED, stage=CANCELLED, finished_at=now)
+            elif row.attempts >= MAX_ATTEMPTS:
+                values.update(status=FAILED, stage=FAILED, finished_at=now,
+                              error=f"The job was interrupted {row.attempts} times; giving up on it.")
+            else:
+                values.update(status=QUEUED, stage="queued", progress=0.0,
+                              message="re-queued: the worker rendering it stopped answering")
+            res = s.execute(update(JobRow).where(
+                JobRow.id == job_id, JobRow.status == RUNNING, JobRow.updated_at == beat,
+                JobRow.run_token.is_(None) if token is None else JobRow.run_token == token).values(**values))
+            if res.rowcount != 1:
+                return None
+            if also is not None:
+                also(s, job_id)
+            return str(values["status"])
 
     def requeue(self, job_id: str, token: str, message: str) -> bool:
         """Put a running job back in the queue (its worker is shutting down, not the job failing). The

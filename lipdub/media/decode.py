@@ -14,7 +14,7 @@ import av
 import numpy as np
 
 from lipdub.errors import InputError
-from lipdub.media.frames import rotate
+from lipdub.media.frames import pack, planes, rotate
 from lipdub.media.probe import UNSPECIFIED, MediaInfo
 
 log = logging.getLogger(__name__)
@@ -62,11 +62,38 @@ def _to_i420(frame: av.VideoFrame, info: MediaInfo) -> np.ndarray:
         # the output is tagged with: left as it is, blacks would come out crushed and highlights blown.
         frame = frame.reformat(width=sw, height=sh, format="yuv420p", src_color_range="JPEG" if full else None,
                                dst_color_range="MPEG")
-    return rotate(frame.to_ndarray(format="yuv420p"), info.rotation)
+    picture = frame.to_ndarray(format="yuv420p")
+    if info.mirror:
+        picture = pack(*(p[:, ::-1] for p in planes(picture)))
+    return rotate(picture, info.rotation)
+
+
+# What shows through a photo's transparent parts: mid grey, neither black nor white, so the face's
+# outline stays where it is for the face mesh and nothing stands out in the video.
+TRANSPARENT_BACKGROUND = (128, 128, 128)
+
+
+def _load_with_pillow(info: MediaInfo) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(info.path) as im:
+            im.seek(0)  # an animated picture's first frame
+            rgba = np.asarray(im.convert("RGBA"))
+    except (OSError, ValueError) as e:
+        raise InputError(f"Could not decode the picture {info.path.name}; the file may be damaged ({e}).") from e
+    alpha = rgba[..., 3:4].astype(np.float32) / 255.0
+    if (alpha < 1.0).any():
+        log.info("%s has transparent parts; they are shown over a neutral grey background.", info.path.name)
+    grey = np.float32(TRANSPARENT_BACKGROUND)
+    rgb = np.round(rgba[..., :3] * alpha + grey * (1.0 - alpha)).astype(np.uint8)
+    return _to_i420(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24"), info)
 
 
 def load_image(info: MediaInfo) -> np.ndarray:
     """The single picture of an image file as an I420 frame."""
+    if info.pillow_still:
+        return _load_with_pillow(info)
     try:
         with av.open(str(info.path)) as c:
             for frame in c.decode(video=0):

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 # Demuxers and codecs that mean "a still picture", whatever the file is called.
 _IMAGE_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "gif", "webp"}
 _IMAGE_CODECS = {"png", "mjpeg", "webp", "bmp", "tiff", "jpegls", "jpeg2000", "gif"}
+# EXIF orientation -> (mirrored left to right first, then degrees clockwise): what Pillow's exif_transpose does.
+_EXIF_ORIENTATION = {1: (False, 0), 2: (True, 0), 3: (False, 180), 4: (True, 180), 5: (True, 270), 6: (False, 90),
+                     7: (True, 90), 8: (False, 270)}
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,10 @@ class MediaInfo:
     fps: Fraction = Fraction(0)
     frames_estimate: int = 0
     rotation: int = 0  # degrees clockwise the decoded picture must be turned for display
+    mirror: bool = False  # flipped left to right before it is turned (EXIF orientations 2, 4, 5, 7)
+    # A still that Pillow decodes (FFmpeg reads its first frame wrongly or not at all): an animated GIF or
+    # WebP, whose first frame is the photo, or a picture with transparency, composed over grey.
+    pillow_still: bool = False
     video_codec: str = ""
     audio_codec: str = ""
     sample_rate: int = 0
@@ -63,8 +70,11 @@ def probe(path: str | os.PathLike, limits: Limits | None = None) -> MediaInfo:
     if p.stat().st_size == 0:
         raise InputError(f"{p.name} is empty (0 bytes); give a real media file.")
     check_size(p.name, p.stat().st_size, limits)
-    if dims := _header_dims(p):  # FFmpeg decodes a still to probe it: refuse a bomb before that
-        check_picture_size(p.name, *dims, limits)
+    still = _pillow_still(p)
+    if still is not None:  # FFmpeg decodes a still to probe it: refuse a bomb before that
+        check_picture_size(p.name, still.width, still.height, limits)
+        if still.decode_with_pillow:
+            return _still_info(p, still)
     try:
         container = av.open(str(p), metadata_errors="ignore")
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
@@ -88,15 +98,24 @@ def probe(path: str | os.PathLike, limits: Limits | None = None) -> MediaInfo:
                                                                 and duration <= 0.1)
             w, h = int(cc.width or 0), int(cc.height or 0)
             check_picture_size(p.name, w, h, limits)  # before _rotation decodes a frame
-            rotation = _rotation(container, v)
+            mirror = False
+            if is_image and still is not None and still.orientation in _EXIF_ORIENTATION:
+                # EXIF says how to turn (and mirror) the photo; FFmpeg's angle alone loses the mirroring.
+                mirror, rotation = _EXIF_ORIENTATION[still.orientation]
+            else:
+                rotation = _rotation(container, v)
             if rotation in (90, 270):
                 w, h = h, w
             if w <= 0 or h <= 0:
+                if fmt.split(",")[0] in _IMAGE_FORMATS and still is None:
+                    # Picked by its name (image2 goes by the extension) and not a picture Pillow knows either.
+                    raise InputError(f"{p.name} is not an image or video (its content is no picture, whatever its "
+                                     "name says); give a video or photo of a person.")
                 raise InputError(f"{p.name} has a video stream without a picture size; the file is probably damaged.")
             fps = Fraction(0) if is_image else _fps(v)
             frames = 1 if is_image else int(v.frames or round(duration * float(fps)))
             info.update(kind="image" if is_image else "video", width=w, height=h, fps=fps, frames_estimate=frames,
-                        rotation=rotation, video_codec=cc.name, duration=0.0 if is_image else duration,
+                        rotation=rotation, mirror=mirror, video_codec=cc.name, duration=0.0 if is_image else duration,
                         colour=_colour_tags(cc))
         elif astreams:
             info["kind"] = "audio"
@@ -145,17 +164,63 @@ def _check_pcm_length(p: Path, stream: av.stream.Stream) -> None:
         pos += 8 + size + (size & 1)
 
 
-def _header_dims(p: Path) -> tuple[int, int] | None:
-    """Picture size from an image file's header alone (Pillow opens lazily), or None if not an image."""
+@dataclass(frozen=True)
+class _Still:
+    """What Pillow reads from an image file's header (it opens lazily: no pixel is decoded)."""
+
+    format: str
+    width: int  # as stored, before the EXIF orientation
+    height: int
+    orientation: int  # EXIF orientation tag, 0 if none
+    animated: bool
+    transparent: bool  # has an alpha channel or a transparent colour
+
+    @property
+    def decode_with_pillow(self) -> bool:
+        # FFmpeg refuses an animated WebP and drops a picture's alpha (transparent pixels come out as
+        # whatever colour they hold, often black); Pillow reads both.
+        return self.animated or self.transparent
+
+
+def _pillow_still(p: Path) -> _Still | None:
+    """The header of an image file, or None if it is no image Pillow knows (FFmpeg will tell)."""
     try:
         from PIL import Image
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # its DecompressionBombWarning: we refuse those ourselves
             with Image.open(p) as im:
-                return int(im.width), int(im.height)
-    except Exception:  # noqa: BLE001 - not an image Pillow knows: FFmpeg will tell
+                try:
+                    orientation = int(im.getexif().get(0x0112, 0) or 0)
+                except Exception:  # noqa: BLE001 - a damaged EXIF block: no orientation
+                    orientation = 0
+                transparent = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+                return _Still(str(im.format or ""), int(im.width), int(im.height), orientation,
+                              bool(getattr(im, "is_animated", False)), transparent)
+    except Exception:  # noqa: BLE001 - not an image Pillow knows
         return None
+
+
+def _still_info(p: Path, still: _Still) -> MediaInfo:
+    """A still that Pillow decodes, described from its header once its first frame was decoded (its size
+    was checked before: no bomb is expanded), so a damaged file is refused at upload, not in the render."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(p) as im:
+                im.seek(0)
+                im.load()
+    except Exception as e:  # noqa: BLE001 - Pillow raises many kinds for a damaged picture
+        raise InputError(f"{p.name} is not a readable audio, video or image file ({_short(e)}).") from e
+    mirror, rotation = _EXIF_ORIENTATION.get(still.orientation, (False, 0))
+    w, h = (still.height, still.width) if rotation in (90, 270) else (still.width, still.height)
+    if still.animated:
+        log.info("%s is animated; its first frame is used as the photo.", p.name)
+    return MediaInfo(path=p, kind="image", container=still.format.lower(), duration=0.0, has_video=True,
+                     has_audio=False, width=w, height=h, frames_estimate=1, rotation=rotation, mirror=mirror,
+                     video_codec=still.format.lower(), pillow_still=True)
 
 
 def _is_cover_art(stream: av.stream.Stream) -> bool:

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from lipdub.face.avatar import Avatar
-from lipdub.face.cache import budget_bytes, mark_used, prune
+from lipdub.face.cache import BANK_IN_PROGRESS_PREFIX, budget_bytes, mark_used, prune
 from lipdub.face.landmarks import LIPS_INNER_LOWER, LIPS_INNER_UPPER, eye_centres, inter_ocular, lip_gap
 from lipdub.media.decode import VideoDecoder, prefetched
 from lipdub.media.frames import crop_bgr, crop_i420, frame_size, planes
@@ -44,7 +44,7 @@ REGION_MARGIN = 0.45
 # Extra room around that region (x iod): the feathered edge, and the few pixels between the landmarks
 # seen while decoding and the smoothed ones the bank is described with.
 REGION_PAD = 0.2
-TEMP_PREFIX = ".mouth_bank-"
+TEMP_PREFIX = BANK_IN_PROGRESS_PREFIX
 # A bank being written is touched every frame; one untouched this long was left by a killed job.
 STALE_TEMP_S = 6 * 3600
 

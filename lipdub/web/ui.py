@@ -35,8 +35,12 @@ from lipdub.web.security import RateLimiter
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0
-AUDIO_TYPES = [".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus", ".mp4", ".mov", ".webm"]
-FACE_TYPES = ["video", "image"]
+# Every format the README lists, by extension: the browser's picker and Gradio's own check of an upload
+# go by it (Gradio's "video" category misses what the system calls audio/3gpp, for one).
+VIDEO_EXTENSIONS = [".mp4", ".mov", ".mkv", ".avi", ".webm", ".flv", ".wmv", ".m4v", ".3gp"]
+AUDIO_TYPES = [".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus", ".wma", ".aiff", ".aif",
+               *VIDEO_EXTENSIONS]  # a video's sound track is speech too
+FACE_TYPES = ["video", "image", *VIDEO_EXTENSIONS, ".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"]
 PAGE_SIZE = 12
 T = TypeVar("T")
 
