@@ -285,9 +285,12 @@ def mouth_track(A: Analysis, cv: dict[str, np.ndarray], fps: float, n_frames: in
     rest = _to_frames(cv["near_speech"], fps, n_frames) if "near_speech" in cv else np.ones(n_frames)
     opening = np.clip(learned["open"], 0, 1) * rest
     if A.aligned:
-        # A forced alignment places p/b/m closures to the hop; allphone's guesses do not earn this
-        # (leave-one-speaker-out r drops from 0.621 to 0.607 when they close the lips).
+        # A forced alignment places p/b/m closures to the hop: they close the lips.
         opening = opening * (1.0 - track.closed)
+    else:
+        # Allphone's guessed closures do not earn it: leave-one-speaker-out r drops from 0.621 to 0.607
+        # when they close the lips, and the model has already seen them among its inputs.
+        track.closed = np.zeros_like(track.closed)
     track.open = opening.astype(np.float32)
     track.width = (np.clip(learned["width"], -1, 1) * rest).astype(np.float32)
     return track
