@@ -1,4 +1,5 @@
-"""The batched torch kernels agree with the OpenCV path (run here on the CPU; on CUDA in FP16)."""
+"""The batched torch kernels agree with the OpenCV path (run here on the CPU), and the GPU's precision policy
+with the float32 reference."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import cv2
 import numpy as np
 from conftest import media
 
-from lipdub.device import select_device
-from lipdub.render.kernels import WarpJob, warp_and_match
+from lipdub.device import Device, select_device
+from lipdub.render.kernels import Precision, WarpJob, precision_for, warp_and_match
 
 
 def _frames(n: int) -> list[np.ndarray]:
@@ -65,3 +66,49 @@ def test_too_few_shared_pixels_leave_the_colour_alone() -> None:
     job = WarpJob(src, xx + 10, yy + 10, np.zeros((120, 150, 3), np.uint8), np.zeros((120, 150), bool))
     (got,) = warp_and_match(select_device("cpu"), [job])
     np.testing.assert_allclose(got.astype(int), src[10:130, 10:160].astype(int), atol=1)
+
+
+def _wide_job(width: int) -> tuple[WarpJob, np.ndarray]:
+    """A real frame tiled to ``width`` pixels (native sharpness), its last tile's mouth area resampled
+    through a slight rotation and zoom; and the mask a render would blend it with (an ellipse)."""
+    frame = _frames(1)[0]
+    reps = -(-width // frame.shape[1])
+    src = np.ascontiguousarray(np.tile(frame, (1, reps, 1))[:, :width])
+    h, w = 240, 300
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    angle, scale = 0.07, 1.04
+    cx, cy = width - frame.shape[1] + 180.3, 300.7  # far right: where FP16 grid coordinates are coarsest
+    map_x = (np.cos(angle) * (xx - w / 2) - np.sin(angle) * (yy - h / 2)) * scale + cx
+    map_y = (np.sin(angle) * (xx - w / 2) + np.cos(angle) * (yy - h / 2)) * scale + cy
+    y0, x0 = int(cy) - h // 2, int(cx) - w // 2
+    target = np.clip(src[y0:y0 + h, x0:x0 + w].astype(np.float32) * 0.95 + 8, 0, 255).astype(np.uint8)
+    ring = np.zeros((h, w), bool)
+    ring[: h // 3] = True
+    mask = ((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2 < 1
+    return WarpJob(src, map_x.astype(np.float32), map_y.astype(np.float32), target, ring), mask
+
+
+def _psnr_where(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> tuple[float, int]:
+    """PSNR and largest difference over the pixels a blend would change (``mask``) only."""
+    d = a.astype(np.float64)[mask] - b.astype(np.float64)[mask]
+    mse = float(np.mean(d ** 2))
+    return (99.0 if mse == 0 else 10 * np.log10(255**2 / mse)), int(np.abs(d).max())
+
+
+def test_gpu_precision_samples_in_float32_and_matches_the_cpu_reference_on_wide_sources() -> None:
+    """The CUDA policy, computed here as CUDA computes it (half inputs, float32 arithmetic), against the
+    float32 CPU reference on sources 1920 and 3840 px wide. The old policy (an FP16 grid) is shown
+    failing the same bar: its coordinates land up to (W - 1) / 8192 px off."""
+    import torch
+
+    cpu, gpu = select_device("cpu"), Device("cuda", 0, "a GPU", half=True)
+    policy = precision_for(gpu)
+    assert policy.sample == torch.float32 and policy.colour == torch.float16
+    for width in (1920, 3840):
+        job, mask = _wide_job(width)
+        reference = warp_and_match(cpu, [job])[0]
+        psnr, worst = _psnr_where(warp_and_match(cpu, [job], policy)[0], reference, mask)
+        assert psnr > 55.0 and worst <= 2, (width, psnr, worst)
+        old_psnr, old_worst = _psnr_where(warp_and_match(cpu, [job], Precision(torch.float16, torch.float16))[0],
+                                          reference, mask)
+        assert old_psnr < 50.0 and old_worst >= 20, (width, old_psnr, old_worst)
