@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from lipdub.device import cpu_device
 from lipdub.face.avatar import Avatar
 from lipdub.face.landmarks import (
     CHIN,
@@ -35,7 +36,7 @@ from lipdub.render.bank import STABLE, MouthBank, image_extent, mouth_bank, need
 from lipdub.render.base import FrameTask, RenderContext, RenderedCrop, Renderer
 from lipdub.render.blend import REACH, colour_ring, composite_alpha_box, match_colour_i420
 from lipdub.render.geometry import apply_affine, similarity
-from lipdub.render.kernels import WarpJob, warp_and_match
+from lipdub.render.kernels import GpuKernels, WarpJob, warp_and_match
 from lipdub.render.masks import lower_face, lower_face_polygon
 from lipdub.render.select import Costs, Targets, candidates, map_targets, viterbi
 from lipdub.render.warp import (
@@ -172,6 +173,7 @@ class RetrievalRenderer(Renderer):
         todo = [p for p in plans if isinstance(p, _Plan)]
         patches = self._torch_patches(todo) if self.use_torch else None
         i420 = patches is None
+        self.count_frames(len(tasks), cpu_device() if i420 else self.device)
         if i420:
             # On the CPU the pixel work stays in the frame's own I420 planes: the bank stores them, the
             # frame is made of them, and chroma at half resolution is a quarter of the resampling.
@@ -191,16 +193,18 @@ class RetrievalRenderer(Renderer):
         return self.device.kind == "cuda" or self.options.get("kernels") == "torch"
 
     def _torch_patches(self, plans: list[_Plan]) -> list[np.ndarray] | None:
+        """The pixel work as torch kernels; None when the GPU gave up and the CPU renders from now on."""
         assert self.bank is not None
         jobs = [WarpJob(np.asarray(self.bank.images[p.entry]), p.pull[..., 0], p.pull[..., 1], p.task.region(p.box),
                         colour_ring(p.alpha, p.local)) for p in plans]
-        try:
+        if self.device.kind != "cuda":
             return warp_and_match(self.device, jobs)
-        except RuntimeError as e:  # CUDA out of memory or busy: this chunk on the CPU instead
-            if self.device.kind != "cuda":
-                raise
-            log.warning("GPU kernels failed (%s); rendering this chunk on the CPU.", str(e).splitlines()[0])
-            return None
+        if getattr(self, "gpu", None) is None or self.gpu.device != self.device:
+            self.gpu = GpuKernels(self.device)
+        patches = self.gpu.run(jobs)
+        if patches is None:  # the GPU failed (GpuKernels warned once): the OpenCV path for the rest of the job
+            self.device = cpu_device()
+        return patches
 
     def _plan(self, task: FrameTask) -> _Plan | RenderedCrop:
         """Everything but the pixel work for one frame: which source, where its pixels go, the mask."""
