@@ -266,3 +266,22 @@ def test_the_studio_maps_its_workers_to_the_gpus_asked_for(tmp_path: Path, monke
     assert dispatch("d", device="cuda", workers=2) == (["cuda"], 2)  # each render takes the freest GPU
     # The server renders nothing: it never holds a CUDA context of its own.
     assert all(not in_process for _, in_process in asked)
+
+
+def test_info_says_whether_nvenc_opens_not_only_whether_it_is_compiled_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import run_cli
+
+    from lipdub.media.encode import nvenc_available, nvenc_opens
+
+    opens, reason = nvenc_opens()
+    monkeypatch.setenv("COLUMNS", "250")  # one table row a line
+    r = run_cli("info", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    nvenc = [line for line in r.stdout.splitlines() if "NVENC" in line]
+    encoders = [line for line in r.stdout.splitlines() if "encoders" in line]
+    assert len(nvenc) == 1 and len(encoders) == 1
+    if nvenc_available() and not opens:  # compiled in, and yet it does not open: say so, and why
+        assert "does not open" in nvenc[0] and reason in nvenc[0]
+        assert "h264_nvenc" not in encoders[0]
+    elif opens:
+        assert "opens" in nvenc[0] and "does not" not in nvenc[0]
