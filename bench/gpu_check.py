@@ -4,11 +4,12 @@
 
 Prints one table:
 1. versions: driver, torch and its CUDA build, cuDNN, FFmpeg; the GPU, or why there is none;
-2. the retrieval kernels against the float32 CPU reference, on sources 512, 1920 and 3840 px wide (PSNR
-   over the mask's pixels only, and the largest difference): on the GPU itself where there is one, and
-   always the GPU's precision policy computed on the CPU, next to the old FP16-grid policy;
+2. the retrieval kernels (I420, as the GPU renders) against the float32 CPU reference, on sources 512,
+   1920 and 3840 px wide (PSNR over the mask's luma only, and the largest difference): on the GPU itself
+   where there is one, and always the GPU's precision policy computed on the CPU, next to the old
+   FP16-grid policy;
 3. device memory of one 16-frame chunk at 1080p and 4K close-ups: the estimate the batches are sized
-   with (kernels.batch_bytes), the CPU's peak growth for the same chunk, and the GPU's measured peak;
+   with (kernels.batch_bytes_i420), the CPU's peak growth for the same chunk, and the GPU's measured peak;
 4. Wav2Lip FP16 (autocast, as rendered on CUDA) against FP32, when --weights is given and there is a GPU;
 5. the encoder a render on this device gets, and FFmpeg's reason when NVENC does not open;
 6. ``generate`` on the CPU and on the GPU: wall time, frames per second, real-time factor, the devices
@@ -106,25 +107,35 @@ def psnr_where(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> str:
     return f"{psnr:5.1f} dB, max {int(np.abs(d).max()):3d}"
 
 
+def i420(bgr: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.cvtColor(np.ascontiguousarray(bgr), cv2.COLOR_BGR2YUV_I420)
+
+
 def kernels(device: Device) -> None:
     import torch
 
-    from lipdub.render.kernels import Precision, precision_for, warp_and_match
+    from lipdub.render.kernels import Precision, WarpJobI420, precision_for, warp_and_match_i420
 
-    section("retrieval kernels vs the float32 CPU reference (PSNR over the mask; largest difference in levels)")
+    section("retrieval kernels (I420, as rendered) vs the float32 CPU reference: PSNR over the mask's luma, "
+            "largest difference in levels")
     cpu = cpu_device()
     gpu_policy = precision_for(Device("cuda", 0, "policy", half=True))
     old_policy = Precision(torch.float16, torch.float16)
     frame = _frame()
     for width in WIDTHS:
         job, mask = wide_job(frame, width)
-        reference = warp_and_match(cpu, [job])[0]
-        cells = [f"GPU policy on CPU {psnr_where(warp_and_match(cpu, [job], gpu_policy)[0], reference, mask)}",
-                 f"old FP16 grid {psnr_where(warp_and_match(cpu, [job], old_policy)[0], reference, mask)}"]
-        if device.kind == "cuda":
-            cells.insert(0, f"{device.spec} {psnr_where(warp_and_match(device, [job])[0], reference, mask)}")
-        else:
-            cells.insert(0, "GPU n/a")
+        job = WarpJobI420(i420(job.source), job.map_x, job.map_y, i420(job.target), job.ring)
+        luma = np.zeros((mask.shape[0] * 3 // 2, mask.shape[1]), bool)
+        luma[: mask.shape[0]] = mask
+        reference = warp_and_match_i420(cpu, [job])[0]
+
+        def versus(dev: Device, precision=None) -> str:
+            return psnr_where(warp_and_match_i420(dev, [job], precision)[0], reference, luma)  # noqa: B023
+
+        cells = [f"{device.spec} {versus(device)}" if device.kind == "cuda" else "GPU n/a",
+                 f"GPU policy on CPU {versus(cpu, gpu_policy)}", f"old FP16 grid {versus(cpu, old_policy)}"]
         row(f"{width} px wide", " | ".join(cells))
 
 
@@ -132,26 +143,26 @@ def kernels(device: Device) -> None:
 
 
 def _chunk_jobs(size: str):
-    from lipdub.render.kernels import WarpJob
+    from lipdub.render.kernels import WarpJobI420
 
     (sw, sh), (bw, bh) = CLOSE_UPS[size]
     frame = _frame()
     reps_x, reps_y = -(-sw // frame.shape[1]), -(-sh // frame.shape[0])
-    src = np.ascontiguousarray(np.tile(frame, (reps_y, reps_x, 1))[:sh, :sw])
+    src = i420(np.tile(frame, (reps_y, reps_x, 1))[:sh, :sw])
     yy, xx = np.mgrid[0:bh, 0:bw].astype(np.float32)
-    ox, oy = (sw - bw) / 2, (sh - bh) / 2
-    target = src[int(oy):int(oy) + bh, int(ox):int(ox) + bw]
+    ox, oy = (sw - bw) // 2 * 2, (sh - bh) // 2 * 2
+    target = i420(np.tile(frame, (reps_y, reps_x, 1))[oy:oy + bh, ox:ox + bw])
     ring = np.zeros((bh, bw), bool)
-    ring[: bh // 3] = True
-    return [WarpJob(src, xx + ox + 0.3 * k, yy + oy, target, ring) for k in range(CHUNK)]
+    ring[: bh // 3 : 2] = True
+    return [WarpJobI420(src, xx + ox + 0.3 * k, yy + oy, target, ring) for k in range(CHUNK)]
 
 
 def _cpu_chunk_peak(size: str) -> int:
     """Peak RSS growth (bytes) of one chunk's kernels on the CPU, measured in a fresh process."""
     code = ("import resource, sys; sys.path.insert(0, 'bench'); import gpu_check as g; "
-            "from lipdub.device import cpu_device; from lipdub.render.kernels import warp_and_match; "
+            "from lipdub.device import cpu_device; from lipdub.render.kernels import warp_and_match_i420; "
             f"jobs = g._chunk_jobs({size!r}); import torch; "
-            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; warp_and_match(cpu_device(), jobs); "
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; warp_and_match_i420(cpu_device(), jobs); "
             "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
@@ -159,12 +170,12 @@ def _cpu_chunk_peak(size: str) -> int:
 
 
 def memory(device: Device) -> None:
-    from lipdub.render.kernels import batch_bytes, warp_and_match
+    from lipdub.render.kernels import batch_bytes_i420, warp_and_match_i420
 
     section(f"memory of one {CHUNK}-frame chunk (close-up: source crop, mask box)")
     for size, ((sw, sh), (bw, bh)) in CLOSE_UPS.items():
         jobs = _chunk_jobs(size)
-        cells = [f"estimate {batch_bytes(jobs) / 2**30:5.2f} GiB",
+        cells = [f"estimate {batch_bytes_i420(jobs) / 2**30:5.2f} GiB",
                  f"CPU peak growth {_cpu_chunk_peak(size) / 2**30:5.2f} GiB"]
         if device.kind == "cuda":
             import torch
@@ -173,7 +184,7 @@ def memory(device: Device) -> None:
             torch.cuda.empty_cache()
             base = torch.cuda.memory_allocated(device.index)
             torch.cuda.reset_peak_memory_stats(device.index)
-            warp_and_match(device, jobs)
+            warp_and_match_i420(device, jobs)
             torch.cuda.synchronize(device.index)
             peak = torch.cuda.max_memory_allocated(device.index) - base
             cells.append(f"GPU peak {peak / 2**30:5.2f} GiB")

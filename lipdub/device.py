@@ -17,9 +17,9 @@ log = logging.getLogger(__name__)
 
 # A GPU with less free memory than this is treated as busy. Chunks are sized from the free memory measured
 # before each one and halved on an out-of-memory error, so this need only cover the least a render
-# runs with: one frame's retrieval batch (kernels.batch_bytes: 0.22 GB for a 4K close-up, a 2000x1600
-# source crop and a 1280x960 mask box; bench/gpu_check.py measured 2.0 GiB on the CPU for 16 of them
-# against an estimate of 3.3), or the Wav2Lip generator's weights with a batch of four (~0.3 GB), plus
+# runs with: one frame's retrieval batch (kernels.batch_bytes_i420: 0.12 GB for a 4K close-up, a
+# 2000x1600 source crop and a 1280x960 mask box; bench/gpu_check.py measured 1.0 GiB on the CPU for 16
+# of them against an estimate of 1.8), or the Wav2Lip generator's weights with a batch of four (~0.3 GB), plus
 # cuDNN/cuBLAS workspaces and an NVENC session (~0.3 GB). 1.5 GB leaves about twice that; below it a
 # job would spend its time in batches of one or two next to whatever else holds the GPU.
 MIN_FREE_GPU_BYTES = 1_500_000_000

@@ -38,15 +38,19 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> dict:
     state: dict = {"sizes": [], "released": 0, "free": 1 << 40, "fail": lambda n: None}
     cpu = cpu_device()
 
-    def run(device: Device, jobs: list[WarpJob], precision=None) -> list[np.ndarray]:
-        assert device.kind == "cuda"
-        state["sizes"].append(len(jobs))
-        error = state["fail"](len(jobs))
-        if error is not None:
-            raise error
-        return warp_and_match(cpu, jobs)
+    def on_cpu_unless_failing(kernel):
+        def run(device: Device, jobs: list, precision=None) -> list[np.ndarray]:
+            assert device.kind == "cuda"
+            state["sizes"].append(len(jobs))
+            error = state["fail"](len(jobs))
+            if error is not None:
+                raise error
+            return kernel(cpu, jobs)
 
-    monkeypatch.setattr(kernels, "warp_and_match", run)
+        return run
+
+    monkeypatch.setattr(kernels, "warp_and_match", on_cpu_unless_failing(kernels.warp_and_match))
+    monkeypatch.setattr(kernels, "warp_and_match_i420", on_cpu_unless_failing(kernels.warp_and_match_i420))
     monkeypatch.setattr(kernels, "gpu_available_bytes", lambda device: state["free"])
 
     def release(device: Device) -> None:

@@ -9,7 +9,14 @@ import numpy as np
 from conftest import media
 
 from lipdub.device import Device, select_device
-from lipdub.render.kernels import Precision, WarpJob, precision_for, warp_and_match
+from lipdub.render.kernels import (
+    Precision,
+    WarpJob,
+    WarpJobI420,
+    precision_for,
+    warp_and_match,
+    warp_and_match_i420,
+)
 
 
 def _frames(n: int) -> list[np.ndarray]:
@@ -112,3 +119,55 @@ def test_gpu_precision_samples_in_float32_and_matches_the_cpu_reference_on_wide_
         old_psnr, old_worst = _psnr_where(warp_and_match(cpu, [job], Precision(torch.float16, torch.float16))[0],
                                           reference, mask)
         assert old_psnr < 50.0 and old_worst >= 20, (width, old_psnr, old_worst)
+
+
+def _i420(bgr: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(np.ascontiguousarray(bgr), cv2.COLOR_BGR2YUV_I420)
+
+
+def test_i420_kernels_match_the_cpu_paths_resampling_and_colour_match() -> None:
+    """What the GPU renders (packed I420 in and out, no colour conversion) against the CPU path's remap_i420
+    and match_colour_i420 on the same plans."""
+    from lipdub.render.blend import colour_ring, match_colour_i420
+    from lipdub.render.retrieval import remap_i420
+
+    frames = _frames(4)
+    jobs, expected = [], []
+    for k, frame in enumerate(frames):
+        src = _i420(frame[150 + 4 * k : 470, 100 : 420 - 6 * k])
+        h, w = 200 + 10 * k, 260 - 8 * k
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        angle, scale = 0.05 * (k - 1.5), 1.0 + 0.04 * k
+        cx, cy = w / 2, h / 2
+        map_x = (np.cos(angle) * (xx - cx) - np.sin(angle) * (yy - cy)) * scale + cx + 20 + 2.5 * np.sin(yy / 17)
+        map_y = (np.sin(angle) * (xx - cx) + np.cos(angle) * (yy - cy)) * scale + cy + 30
+        pull = np.dstack([map_x, map_y]).astype(np.float32)
+        target = _i420(np.clip(frames[(k + 1) % 4][200 : 200 + h, 120 : 120 + w].astype(np.float32) * 0.9 + 12,
+                               0, 255).astype(np.uint8))
+        alpha = np.zeros((h, w), np.float32)
+        alpha[: h // 2] = np.linspace(0, 1, h // 2)[:, None]  # a feather from the box's top edge
+        lm = np.zeros((478, 2), np.float32)
+        lm[[61, 291], 1] = h * 0.6  # the mouth line
+        jobs.append(WarpJobI420(src, pull[..., 0], pull[..., 1], target, colour_ring(alpha, lm)))
+        patch = remap_i420(src, pull, (0, 0, w, h))  # bicubic over the whole box, as the kernels are
+        expected.append(match_colour_i420(patch, target, alpha, lm))
+    got = warp_and_match_i420(select_device("cpu"), jobs)
+    assert [g.shape for g in got] == [e.shape for e in expected]
+    for g, e in zip(got, expected):
+        assert _psnr(g, e) > 50.0
+
+
+def test_gpu_precision_of_the_i420_kernels_on_wide_sources() -> None:
+    import torch
+
+    cpu, policy = select_device("cpu"), precision_for(Device("cuda", 0, "a GPU", half=True))
+    for width in (1920, 3840):
+        job, mask = _wide_job(width)
+        job420 = WarpJobI420(_i420(job.source), job.map_x, job.map_y, _i420(job.target), job.ring)
+        luma = np.zeros((job.map_x.shape[0] * 3 // 2, job.map_x.shape[1]), bool)
+        luma[: job.map_x.shape[0]] = mask  # the luma plane, where the eye sees the detail
+        reference = warp_and_match_i420(cpu, [job420])[0]
+        psnr, worst = _psnr_where(warp_and_match_i420(cpu, [job420], policy)[0], reference, luma)
+        assert psnr > 55.0 and worst <= 2, (width, psnr, worst)
+        old = warp_and_match_i420(cpu, [job420], Precision(torch.float16, torch.float16))[0]
+        assert _psnr_where(old, reference, luma)[0] < 50.0

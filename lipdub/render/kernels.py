@@ -161,6 +161,146 @@ def _warp_and_match(dev, jobs: list[WarpJob], precision: Precision) -> list[np.n
     return [out[k, : j.map_x.shape[0], : j.map_x.shape[1]] for k, j in enumerate(jobs)]
 
 
+@dataclass
+class WarpJobI420:
+    """One frame's resampling in the frame's own format: packed I420 in, packed I420 out.
+
+    ``out`` luma ``[y, x] = source luma[map_y, map_x]``; chroma through the map at the chroma samples'
+    centres (the mean of each 2x2 block of it), in chroma coordinates; then each plane colour-matched
+    to ``target`` over ``ring`` (as :func:`lipdub.render.blend.match_colour_i420` does on the CPU).
+    """
+
+    source: np.ndarray  # (H * 3 / 2, W) uint8 packed I420, W and H even
+    map_x: np.ndarray  # (h, w) float32 source luma coordinates, h and w even
+    map_y: np.ndarray  # (h, w) float32
+    target: np.ndarray  # (h * 3 / 2, w) uint8 packed I420: the frame's pixels there
+    ring: np.ndarray  # (h, w) bool: the luma statistics' pixels (every other row); chroma takes [::2, ::2]
+
+
+def batch_bytes_i420(jobs: list[WarpJobI420]) -> int:
+    """Device memory :func:`warp_and_match_i420` needs for ``jobs`` at once (padded to the largest): per
+    source pixel 1.5 B uploaded and 6 B as float planes; per output pixel the luma grid uploaded and
+    normalised (16 B), its chroma quarter (4 B), target and ring (2.5 B), float planes of patch and
+    target and the statistics' temporaries (~30 B); with a third to spare, as :func:`batch_bytes`."""
+    if not jobs:
+        return 0
+    sh = max(j.source.shape[0] * 2 // 3 for j in jobs)
+    sw = max(j.source.shape[1] for j in jobs)
+    oh = max(j.map_x.shape[0] for j in jobs)
+    ow = max(j.map_x.shape[1] for j in jobs)
+    return len(jobs) * (sh * sw * 10 + oh * ow * 72)
+
+
+def _planes(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from lipdub.media.frames import planes
+
+    return planes(packed)
+
+
+def warp_and_match_i420(device: Device, jobs: list[WarpJobI420],
+                        precision: Precision | None = None) -> list[np.ndarray]:
+    """:class:`WarpJobI420` on ``device``, batched: one upload and one download per plane and batch; the
+    results are packed I420 (h * 3 / 2, w) uint8, ready to blend into the frame without a conversion."""
+    if not jobs:
+        return []
+    import torch
+
+    dev = device.torch
+    with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
+        return _warp_and_match_i420(dev, jobs, precision or precision_for(device))
+
+
+def _warp_and_match_i420(dev, jobs: list[WarpJobI420], precision: Precision) -> list[np.ndarray]:
+    import torch
+    import torch.nn.functional as F
+
+    from lipdub.render.blend import MIN_RING
+
+    on_cpu = dev.type == "cpu"
+    n = len(jobs)
+    sh = max(j.source.shape[0] * 2 // 3 for j in jobs)
+    sw = max(j.source.shape[1] for j in jobs)
+    oh = max(j.map_x.shape[0] for j in jobs)
+    ow = max(j.map_x.shape[1] for j in jobs)
+    src_y = torch.zeros((n, 1, sh, sw), dtype=torch.uint8)
+    src_c = torch.zeros((n, 2, sh // 2, sw // 2), dtype=torch.uint8)
+    grid = torch.zeros((n, oh, ow, 2), dtype=torch.float32)
+    tgt_y = torch.zeros((n, oh, ow), dtype=torch.uint8)
+    tgt_c = torch.zeros((n, 2, oh // 2, ow // 2), dtype=torch.uint8)
+    ring = torch.zeros((n, oh, ow), dtype=torch.bool)
+    extent = torch.zeros((n, 2), dtype=torch.float32)  # each source's own (width - 1, height - 1)
+    for k, j in enumerate(jobs):
+        y, u, v = _planes(j.source)
+        h, w = y.shape
+        src_y[k, 0, :h, :w].numpy()[...] = y
+        src_c[k, 0, : h // 2, : w // 2].numpy()[...] = u
+        src_c[k, 1, : h // 2, : w // 2].numpy()[...] = v
+        extent[k] = torch.tensor([w - 1, h - 1])
+        mh, mw = j.map_x.shape
+        grid[k, :mh, :mw, 0].numpy()[...] = j.map_x
+        grid[k, :mh, :mw, 1].numpy()[...] = j.map_y
+        ty, tu, tv = _planes(j.target)
+        tgt_y[k, :mh, :mw].numpy()[...] = ty
+        tgt_c[k, 0, : mh // 2, : mw // 2].numpy()[...] = tu
+        tgt_c[k, 1, : mh // 2, : mw // 2].numpy()[...] = tv
+        ring[k, :mh, :mw].numpy()[...] = j.ring
+    pin = dev.type == "cuda"
+
+    def up(t):
+        return (t.pin_memory() if pin else t).to(dev, non_blocking=pin)
+
+    src_y_d, src_c_d, grid_d, tgt_y_d, tgt_c_d, ring_d, extent_d = map(
+        up, (src_y, src_c, grid, tgt_y, tgt_c, ring, extent))
+
+    with torch.no_grad():
+        # Luma: bicubic, sample positions clamped to each source's own extent (its padding is not image).
+        lo = torch.zeros(2, device=dev)
+        g = torch.minimum(torch.maximum(grid_d, lo), extent_d[:, None, None, :])
+        norm = torch.tensor([2.0 / max(sw - 1, 1), 2.0 / max(sh - 1, 1)], device=dev)
+        image = _as_dtype(src_y_d, precision.sample, on_cpu)
+        warped_y = F.grid_sample(image, _as_dtype(g * norm - 1.0, precision.sample, on_cpu), mode="bicubic",
+                                 padding_mode="border", align_corners=True)[:, 0].float()  # (n, oh, ow)
+        # Chroma: the map at each chroma sample's centre (the mean of its 2x2 luma block, as a 2:1
+        # bilinear resize of the map gives), in chroma coordinates; bilinear, as the CPU path samples it.
+        gc = F.avg_pool2d(grid_d.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
+        gc = torch.minimum(torch.maximum((gc - 0.5) * 0.5, lo), (extent_d[:, None, None, :] - 1.0) * 0.5)
+        norm_c = torch.tensor([2.0 / max(sw // 2 - 1, 1), 2.0 / max(sh // 2 - 1, 1)], device=dev)
+        warped_c = F.grid_sample(_as_dtype(src_c_d, precision.sample, on_cpu),
+                                 _as_dtype(gc * norm_c - 1.0, precision.sample, on_cpu), mode="bilinear",
+                                 padding_mode="border", align_corners=True).float()  # (n, 2, oh/2, ow/2)
+        # Colour: per plane, mean and spread over the ring, matched to the target's there.
+        weight_y = ring_d.float()
+        weight_c = ring_d[:, ::2, ::2].float()
+        count_y = weight_y.sum(dim=(1, 2))  # (n,)
+        enough = (count_y >= MIN_RING).float()
+
+        def match(p, t, weight):  # p, t: (n, planes, h, w) float32; weight: (n, h, w)
+            wgt = weight[:, None]
+            count = wgt.sum(dim=(2, 3)).clamp_min(1.0)  # (n, planes)
+            mean_p = (p * wgt).sum(dim=(2, 3)) / count
+            mean_t = (t * wgt).sum(dim=(2, 3)) / count
+            std_p = (((p - mean_p[..., None, None]) ** 2 * wgt).sum(dim=(2, 3)) / count).sqrt()
+            std_t = (((t - mean_t[..., None, None]) ** 2 * wgt).sum(dim=(2, 3)) / count).sqrt()
+            gain = ((std_t + 1.0) / (std_p + 1.0)).clamp(MIN_GAIN, MAX_GAIN)
+            on = enough[:, None]
+            gain = gain * on + (1 - on)
+            shift_p, shift_t = mean_p * on, mean_t * on
+            c = precision.colour
+            out = (_as_dtype(p, c, False) - shift_p[..., None, None].to(c)) * gain[..., None, None].to(c) \
+                + shift_t[..., None, None].to(c)
+            return out.float().add_(0.5).clamp_(0, 255).to(torch.uint8)
+
+        out_y = match(warped_y[:, None], tgt_y_d[:, None].float(), weight_y)[:, 0]
+        out_c = match(warped_c, tgt_c_d.float(), weight_c)
+        out_y, out_c = out_y.cpu().numpy(), out_c.cpu().numpy()
+    results = []
+    for k, j in enumerate(jobs):
+        mh, mw = j.map_x.shape
+        results.append(np.concatenate([out_y[k, :mh, :mw].reshape(-1), out_c[k, 0, : mh // 2, : mw // 2].reshape(-1),
+                                       out_c[k, 1, : mh // 2, : mw // 2].reshape(-1)]).reshape(mh * 3 // 2, mw))
+    return results
+
+
 class GpuKernels:
     """:func:`warp_and_match` over one job's chunks on a CUDA device, its failures handled for the job.
 
@@ -174,20 +314,22 @@ class GpuKernels:
     # Share of the measured free memory a batch may plan on (the rest: fragmentation, other processes).
     MEMORY_SHARE = 0.8
 
-    def __init__(self, device: Device) -> None:
+    def __init__(self, device: Device, i420: bool = False) -> None:
         self.device = device
+        self.i420 = i420  # jobs are WarpJobI420 (warp_and_match_i420), else WarpJob (warp_and_match)
         self.batch_limit: int | None = None  # set by an out-of-memory error
         self.failed: str | None = None  # why the GPU was given up, once it was
 
-    def batch_size(self, jobs: list[WarpJob]) -> int:
+    def batch_size(self, jobs: list) -> int:
         """How many of ``jobs`` fit on the GPU at once now (at least one)."""
         available = self.MEMORY_SHARE * gpu_available_bytes(self.device)
         n = min(len(jobs), self.batch_limit or len(jobs))
-        while n > 1 and batch_bytes(jobs[:n]) > available:
+        bytes_of = batch_bytes_i420 if self.i420 else batch_bytes
+        while n > 1 and bytes_of(jobs[:n]) > available:
             n -= 1
         return n
 
-    def run(self, jobs: list[WarpJob]) -> list[np.ndarray] | None:
+    def run(self, jobs: list) -> list[np.ndarray] | None:
         """Results for ``jobs``, or None when the CPU must render them (and every later chunk)."""
         if self.failed is not None:
             return None
@@ -197,7 +339,8 @@ class GpuKernels:
             size = 1
             try:
                 size = self.batch_size(jobs[start:])
-                out += warp_and_match(self.device, jobs[start:start + size])
+                kernel = warp_and_match_i420 if self.i420 else warp_and_match
+                out += kernel(self.device, jobs[start:start + size])
             except Exception as e:
                 if not is_cuda_error(e):
                     raise
