@@ -180,6 +180,7 @@ def _resolve(spec: str, min_free_bytes: int, in_process: bool) -> Device:
     if reason is not None:
         return _on_cpu(spec, reason)
     count = torch.cuda.device_count()
+    names: dict[int, str] = {}
     if spec.startswith("cuda:"):
         index = int(spec[5:])
         if index >= count:
@@ -188,19 +189,21 @@ def _resolve(spec: str, min_free_bytes: int, in_process: bool) -> Device:
         if in_process:
             free = _free_in_process(torch, index)
         else:
-            frees = gpu_free_memory()
-            free = frees[index] if index < len(frees) else None
+            gpus = gpu_inventory()
+            free = gpus[index][0] if index < len(gpus) else None
+            names = {i: name for i, (_, name) in enumerate(gpus)}
     elif count == 1 and in_process:
         index, free = 0, _free_in_process(torch, 0)
     else:
         # Several GPUs: each is measured in a subprocess, so this one holds no context on those it
         # does not pick (measuring in place would leave one on every GPU).
-        frees = gpu_free_memory()
-        usable = [(f, -i) for i, f in enumerate(frees) if f is not None]
+        gpus = gpu_inventory()
+        usable = [(f, -i) for i, (f, _) in enumerate(gpus) if f is not None]
         if not usable:
             return _on_cpu(spec, "no GPU answered the query of its free memory")
         free, index = max(usable)  # the freest; of equals, the lowest index
         index = -index
+        names = {i: name for i, (_, name) in enumerate(gpus)}
     if free is None:
         return _on_cpu(spec, f"GPU cuda:{index} cannot be queried")
     if free < min_free_bytes:
@@ -208,7 +211,8 @@ def _resolve(spec: str, min_free_bytes: int, in_process: bool) -> Device:
                              "GB needed)")
     if in_process:
         torch.cuda.set_device(index)
-    return Device("cuda", index, torch.cuda.get_device_name(index), half=True)
+        return Device("cuda", index, torch.cuda.get_device_name(index), half=True)
+    return Device("cuda", index, names.get(index) or "NVIDIA GPU", half=True)
 
 
 def _free_in_process(torch, index: int) -> int | None:
@@ -221,27 +225,27 @@ def _free_in_process(torch, index: int) -> int | None:
 
 _GPU_QUERY = """
 import json, torch
-frees = []
+gpus = []
 for i in range(torch.cuda.device_count()):
     try:
-        frees.append(int(torch.cuda.mem_get_info(i)[0]))
+        gpus.append([int(torch.cuda.mem_get_info(i)[0]), torch.cuda.get_device_name(i)])
     except RuntimeError:
-        frees.append(None)
-print(json.dumps(frees))
+        gpus.append([None, ""])
+print(json.dumps(gpus))
 """
 
 
-def gpu_free_memory() -> list[int | None]:
-    """Free bytes of every CUDA GPU (None: it did not answer), measured in a subprocess whose CUDA
-    contexts end with it; empty when the query itself fails."""
+def gpu_inventory() -> list[tuple[int | None, str]]:
+    """(free bytes, name) of every CUDA GPU (free None: it did not answer), asked in a subprocess whose
+    CUDA contexts end with it; empty when the query itself fails."""
     try:
         done = subprocess.run([sys.executable, "-c", _GPU_QUERY], capture_output=True, text=True,
                               timeout=GPU_QUERY_TIMEOUT_S, check=True)
-        frees = json.loads(done.stdout.strip().splitlines()[-1])
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as e:
+        gpus = json.loads(done.stdout.strip().splitlines()[-1])
+        return [(None if free is None else int(free), str(name)) for free, name in gpus]
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError, TypeError) as e:
         log.warning("Could not measure the GPUs' free memory (%s).", e)
         return []
-    return [None if f is None else int(f) for f in frees]
 
 
 def configure_threads(device: Device) -> None:

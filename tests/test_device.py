@@ -64,10 +64,10 @@ class FakeCuda:
         monkeypatch.setattr(torch.cuda, "is_available", is_available)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: len(frees) if warning is None else 0)
         monkeypatch.setattr(torch.cuda, "mem_get_info", self.mem_get_info)
-        monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"Fake H100 #{i}")
+        monkeypatch.setattr(torch.cuda, "get_device_name", self.get_device_name)
         monkeypatch.setattr(torch.cuda, "set_device", self.set_device)
         # The subprocess query, as it would answer on this machine.
-        monkeypatch.setattr(device_mod, "gpu_free_memory", lambda: list(frees))
+        monkeypatch.setattr(device_mod, "gpu_inventory", lambda: [(f, f"Fake H100 #{i}") for i, f in enumerate(frees)])
 
     def mem_get_info(self, index: int) -> tuple[int, int]:
         self.queried.append(index)  # in this process: a CUDA context on that GPU
@@ -76,13 +76,17 @@ class FakeCuda:
     def set_device(self, index: int) -> None:
         self.current = index
 
+    def get_device_name(self, index: int) -> str:
+        self.queried.append(index)  # it may initialise CUDA in this process: only for the GPU it renders on
+        return f"Fake H100 #{index}"
+
 
 def test_auto_takes_the_freest_gpu_and_leaves_no_context_on_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
     cuda = FakeCuda(monkeypatch, [2 << 30, 40 << 30, 9 << 30])
     device = select_device("auto", announce=False)
     assert (device.kind, device.index, device.half) == ("cuda", 1, True)
     assert device.describe() == "cuda:1 (Fake H100 #1)"  # the index is in the name
-    assert cuda.queried == []  # measured in a subprocess, not here
+    assert cuda.queried == [1]  # measured in a subprocess; only the GPU it renders on touched here
     assert cuda.current == 1  # pinned buffers and the cache go to the chosen GPU, not cuda:0
 
 
@@ -90,12 +94,12 @@ def test_cuda_n_is_the_gpu_used_and_the_only_one_queried(monkeypatch: pytest.Mon
     cuda = FakeCuda(monkeypatch, [40 << 30, 2 << 30, 9 << 30])
     device = select_device("cuda:2", announce=False)
     assert device.spec == "cuda:2" and device.torch.index == 2
-    assert cuda.queried == [2] and cuda.current == 2
+    assert cuda.queried == [2, 2] and cuda.current == 2
 
 
 def test_a_process_that_renders_nothing_queries_in_a_subprocess(monkeypatch: pytest.MonkeyPatch) -> None:
     cuda = FakeCuda(monkeypatch, [9 << 30])
-    assert select_device("cuda:0", announce=False, in_process=False).spec == "cuda:0"
+    assert select_device("cuda:0", announce=False, in_process=False).describe() == "cuda:0 (Fake H100 #0)"
     assert select_device("auto", announce=False, in_process=False).spec == "cuda:0"
     assert cuda.queried == [] and cuda.current is None
 
