@@ -289,3 +289,13 @@ def test_info_says_whether_nvenc_opens_not_only_whether_it_is_compiled_in(monkey
         assert "h264_nvenc" not in encoders[0]
     elif opens:
         assert "opens" in nvenc[0] and "does not" not in nvenc[0]
+
+
+def test_an_engine_that_renders_with_opencv_says_cpu_even_on_a_gpu_job(tmp_path: Path) -> None:
+    """The warp engine (a photo) has no GPU kernels: the result must not claim the GPU rendered it."""
+    from lipdub.pipeline import generate
+
+    audio = cut_audio(media("en_radio_8s.wav"), tmp_path / "a.wav", 1.0)
+    result = generate(audio, media("portrait_474.png"), tmp_path / "out.mp4", device=GPU, engine="warp",
+                      cache_dir=tmp_path / "cache")
+    assert result.device == cpu_device().describe() and result.devices == {result.device: result.frames}

@@ -2,16 +2,17 @@
 
 Per output frame the retrieval engine resamples a source lower face through a dense map (bicubic)
 and matches its colour to the frame it goes on. On a CPU OpenCV does that fastest, frame by frame.
-On a CUDA device :func:`warp_and_match` does a whole chunk at once: each source crop, map and target
-region is uploaded once, and each result is downloaded once. :class:`GpuKernels` runs a job's chunks
-that way and handles the GPU's failures once for the whole job.
+On a CUDA device :func:`warp_and_match_i420` (what the retrieval engine renders with: the frame's own
+I420 planes in and out) or :func:`warp_and_match` (BGR) does a whole chunk at once: each source crop,
+map and target region is uploaded once, and each result is downloaded once. :class:`GpuKernels` runs
+a job's chunks that way and handles the GPU's failures once for the whole job.
 
 Precision (:func:`precision_for`): sampling is float32 everywhere. A [-1, 1] grid coordinate in FP16
 is off by up to (W - 1) / 8192 pixels (0.23 px at 1920 wide, 0.47 px at 3840, against OpenCV's 1/32
 px), which costs 37-52 dB of PSNR against float32 at those widths, single pixels off by tens of
-levels; bf16 is coarser still. The colour match's per-pixel gain and shift run in FP16 on CUDA: at
-most half a level off at 255, within the uint8 rounding. Its statistics are float32 sums (a sum of
-pixels overflows FP16's 65504 after 257 of them).
+levels; bf16 is coarser still. The colour match's per-pixel gain and shift run in FP16 on CUDA: off
+by hundredths of a level before the rounding to uint8, so by one level at most after it (60 dB). Its
+statistics are float32 sums (a sum of pixels overflows FP16's 65504 after 257 of them).
 """
 
 from __future__ import annotations

@@ -168,6 +168,7 @@ class RetrievalRenderer(Renderer):
 
     def render(self, tasks: list[FrameTask]) -> list[RenderedCrop]:
         if self.bank is None:
+            self.count_frames(len(tasks), cpu_device())
             return self.warp.render(tasks)
         plans = [self._plan(t) for t in tasks]
         todo = [p for p in plans if isinstance(p, _Plan)]
