@@ -299,3 +299,32 @@ def test_an_engine_that_renders_with_opencv_says_cpu_even_on_a_gpu_job(tmp_path:
     result = generate(audio, media("portrait_474.png"), tmp_path / "out.mp4", device=GPU, engine="warp",
                       cache_dir=tmp_path / "cache")
     assert result.device == cpu_device().describe() and result.devices == {result.device: result.frames}
+
+
+def test_a_celery_worker_renders_on_its_resolved_gpu_and_holds_no_context(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import lipdub.device as device_mod
+    from lipdub.jobs import celery_dispatch
+    from lipdub.jobs.store import sqlite_url
+
+    asked: list[bool] = []
+
+    def select(spec: str, **kw) -> Device:
+        asked.append(kw.get("in_process", True))
+        return Device("cuda", 1, "fake GPU", half=True)
+
+    class App:
+        argv: list[str] = []
+
+        def worker_main(self, argv: list[str]) -> None:
+            App.argv = argv
+
+    monkeypatch.setattr(device_mod, "select_device", select)
+    monkeypatch.setattr(celery_dispatch, "make_celery", lambda *a, **kw: App())
+    monkeypatch.setattr(celery_dispatch, "register_task", lambda app: None)
+    monkeypatch.setattr(celery_dispatch, "_context", None)
+    celery_dispatch.run_worker("redis://127.0.0.1:1/0", sqlite_url(tmp_path / "jobs.db"), str(tmp_path / "storage"),
+                               device="auto")
+    assert celery_dispatch._context is not None and celery_dispatch._context.device == "cuda:1"
+    assert asked == [False]  # the supervising worker holds no CUDA context; its render children do the work
+    assert any("lipdub-cuda1-" in a for a in App.argv)
