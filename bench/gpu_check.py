@@ -1,6 +1,6 @@
 """One command for the first machine with a GPU: is lipdub's CUDA path right, and is it faster?
 
-    python bench/gpu_check.py [--device cuda:0] [--weights wav2lip.pth] [--seconds 4] [--skip-generate]
+    python bench/gpu_check.py [--device cuda:0] [--weights wav2lip.pth] [--seconds 4] [--hd] [--skip-generate]
 
 Prints one table:
 1. versions: driver, torch and its CUDA build, cuDNN, FFmpeg; the GPU, or why there is none;
@@ -270,12 +270,19 @@ def cut_audio(src: Path, out: Path, seconds: float) -> Path:
     return out
 
 
-def generate(device: Device, seconds: float) -> None:
-    section(f"generate: {seconds:g} s of speech on katie_talk_512.mp4 (analysis cached first)")
+def generate(device: Device, seconds: float, hd: bool) -> None:
+    what = "a 1080p25 template (bench/speed.py's)" if hd else "katie_talk_512.mp4"
+    section(f"generate: {seconds:g} s of speech on {what} (analysis cached first)")
     with tempfile.TemporaryDirectory(prefix="lipdub-gpu-check-") as tmp:
         tmp_path = Path(tmp)
-        audio = cut_audio(media("en_speech_12s.wav"), tmp_path / "speech.wav", seconds)
-        face, cache = media("katie_talk_512.mp4"), tmp_path / "cache"
+        audio = cut_audio(media("en_speech_60s.wav"), tmp_path / "speech.wav", seconds)
+        if hd:
+            from speed import build_template
+
+            face = build_template(seconds / 60, tmp_path / "template_1080p.mp4")
+        else:
+            face = media("katie_talk_512.mp4")
+        cache = tmp_path / "cache"
         warm = _generate("cpu", audio, face, tmp_path / "warm.mp4", cache)  # fills the analysis cache
         if "error" in warm:
             row("generate", f"failed: {warm['error']}")
@@ -297,7 +304,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto", help="the GPU to check: auto, cuda or cuda:N")
     ap.add_argument("--weights", default=None, help="a Wav2Lip checkpoint, for the FP16 against FP32 row")
-    ap.add_argument("--seconds", type=float, default=4.0, help="speech length of the generate runs")
+    ap.add_argument("--seconds", type=float, default=4.0, help="speech length of the generate runs (up to 60)")
+    ap.add_argument("--hd", action="store_true", help="generate on a 1080p25 template (the 10x real-time target's "
+                    "size) instead of the 512 px clip")
     ap.add_argument("--skip-generate", action="store_true")
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="[%(levelname)s] %(message)s")
@@ -310,7 +319,7 @@ def main() -> None:
     wav2lip(device, a.weights)
     encoder(device)
     if not a.skip_generate:
-        generate(device, a.seconds)
+        generate(device, min(a.seconds, 60.0), a.hd)
     print(f"\n(done in {time.monotonic() - started:.0f} s)", flush=True)
 
 
