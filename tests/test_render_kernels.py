@@ -171,3 +171,23 @@ def test_gpu_precision_of_the_i420_kernels_on_wide_sources() -> None:
         assert psnr > 55.0 and worst <= 2, (width, psnr, worst)
         old = warp_and_match_i420(cpu, [job420], Precision(torch.float16, torch.float16))[0]
         assert _psnr_where(old, reference, luma)[0] < 50.0
+
+
+def test_a_source_padded_to_a_larger_one_in_its_batch_renders_as_alone() -> None:
+    """Sources smaller than the batch's largest are padded; bicubic taps past their edge must see the edge
+    repeated (as OpenCV's BORDER_REPLICATE), not the padding, so a frame renders the same in any batch."""
+    frame = _frames(1)[0]
+    small, large = _i420(frame[100:260, 100:300]), _i420(frame[0:400, 0:480])
+    h, w = 120, 160
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    # The small source's last columns and rows, at fractional positions up to half a pixel past its edge.
+    map_x, map_y = 197.0 + xx * 3.5 / (w - 1), 156.0 + yy * 4.5 / (h - 1)
+    ring = np.zeros((h, w), bool)
+    ring[: h // 2 : 2] = True
+    target = _i420(frame[200:200 + h, 200:200 + w])
+    job = WarpJobI420(small, map_x, map_y, target, ring)
+    other = WarpJobI420(large, xx + 50, yy + 60, target, ring)
+    cpu = select_device("cpu")
+    (alone,) = warp_and_match_i420(cpu, [job])
+    batched, _ = warp_and_match_i420(cpu, [job, other])
+    np.testing.assert_array_equal(batched, alone)

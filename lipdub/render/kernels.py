@@ -223,19 +223,31 @@ def _warp_and_match_i420(dev, jobs: list[WarpJobI420], precision: Precision) -> 
     sw = max(j.source.shape[1] for j in jobs)
     oh = max(j.map_x.shape[0] for j in jobs)
     ow = max(j.map_x.shape[1] for j in jobs)
-    src_y = torch.zeros((n, 1, sh, sw), dtype=torch.uint8)
-    src_c = torch.zeros((n, 2, sh // 2, sw // 2), dtype=torch.uint8)
-    grid = torch.zeros((n, oh, ow, 2), dtype=torch.float32)
-    tgt_y = torch.zeros((n, oh, ow), dtype=torch.uint8)
-    tgt_c = torch.zeros((n, 2, oh // 2, ow // 2), dtype=torch.uint8)
-    ring = torch.zeros((n, oh, ow), dtype=torch.bool)
-    extent = torch.zeros((n, 2), dtype=torch.float32)  # each source's own (width - 1, height - 1)
+    # Host buffers, page-locked from the start on CUDA: filled once and copied up without a staging copy.
+    pin = dev.type == "cuda"
+
+    def host(shape: tuple[int, ...], dtype):
+        return torch.zeros(shape, dtype=dtype, pin_memory=pin)
+
+    src_y = host((n, 1, sh, sw), torch.uint8)
+    src_c = host((n, 2, sh // 2, sw // 2), torch.uint8)
+    grid = host((n, oh, ow, 2), torch.float32)
+    tgt_y = host((n, oh, ow), torch.uint8)
+    tgt_c = host((n, 2, oh // 2, ow // 2), torch.uint8)
+    ring = host((n, oh, ow), torch.bool)
+    extent = host((n, 2), torch.float32)  # each source's own (width - 1, height - 1)
     for k, j in enumerate(jobs):
         y, u, v = _planes(j.source)
         h, w = y.shape
         src_y[k, 0, :h, :w].numpy()[...] = y
         src_c[k, 0, : h // 2, : w // 2].numpy()[...] = u
         src_c[k, 1, : h // 2, : w // 2].numpy()[...] = v
+        # Padding repeats the edge (OpenCV's BORDER_REPLICATE): bicubic taps reach past a clamped position.
+        for plane, ph, pw in ((src_y[k], h, w), (src_c[k], h // 2, w // 2)):
+            if ph < plane.shape[1]:
+                plane[:, ph:, :pw] = plane[:, ph - 1 : ph, :pw]
+            if pw < plane.shape[2]:
+                plane[:, :, pw:] = plane[:, :, pw - 1 : pw]
         extent[k] = torch.tensor([w - 1, h - 1])
         mh, mw = j.map_x.shape
         grid[k, :mh, :mw, 0].numpy()[...] = j.map_x
@@ -245,10 +257,8 @@ def _warp_and_match_i420(dev, jobs: list[WarpJobI420], precision: Precision) -> 
         tgt_c[k, 0, : mh // 2, : mw // 2].numpy()[...] = tu
         tgt_c[k, 1, : mh // 2, : mw // 2].numpy()[...] = tv
         ring[k, :mh, :mw].numpy()[...] = j.ring
-    pin = dev.type == "cuda"
-
     def up(t):
-        return (t.pin_memory() if pin else t).to(dev, non_blocking=pin)
+        return t.to(dev, non_blocking=pin)
 
     src_y_d, src_c_d, grid_d, tgt_y_d, tgt_c_d, ring_d, extent_d = map(
         up, (src_y, src_c, grid, tgt_y, tgt_c, ring, extent))
