@@ -328,3 +328,40 @@ def test_a_celery_worker_renders_on_its_resolved_gpu_and_holds_no_context(tmp_pa
     assert celery_dispatch._context is not None and celery_dispatch._context.device == "cuda:1"
     assert asked == [False]  # the supervising worker holds no CUDA context; its render children do the work
     assert any("lipdub-cuda1-" in a for a in App.argv)
+
+
+def test_the_gpu_path_converts_no_colours_on_the_cpu(short_template: tuple, fake_gpu: dict,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU path's host side was as costly as the whole OpenCV path (8-9 ms a frame), a good part of it
+    BGR conversions: the bank's source crop and the frame's region to BGR, the result back to I420 in
+    the blend. Now the kernels take and give the frame's own I420."""
+    from lipdub.audio.track import MouthTrack
+    from lipdub.media.audio import AudioClip
+    from lipdub.pipeline import _render_chunk
+    from lipdub.render import RenderContext
+    from lipdub.render.bank import BankImages
+    from lipdub.render.base import FrameTask
+    from lipdub.render.retrieval import RetrievalRenderer
+
+    info, avatar = short_template
+    n_out = 32
+    open_ = np.clip(0.5 + 0.5 * np.sin(np.arange(n_out) / 2.5), 0, 0.6).astype(np.float32)
+    z = np.zeros(n_out, np.float32)
+    ctx = RenderContext(avatar=avatar, mouth=MouthTrack(25.0, open_, z, z.copy(), z.copy(), open_ > 0.02),
+                        audio=AudioClip(np.zeros(16000, np.float32)), fps=25.0,
+                        template_indices=pingpong_indices(n_out, avatar.n_frames), template=info)
+    frames = list(TemplateFrames(info, Fraction(25), avatar.n_frames).frames_for(ctx.template_indices))
+    renderer = RetrievalRenderer(GPU)
+    renderer.prepare(ctx)
+
+    def refuse(*_a, **_kw):
+        raise AssertionError("a BGR conversion on the GPU path")
+
+    monkeypatch.setattr(BankImages, "__getitem__", refuse)
+    monkeypatch.setattr(FrameTask, "region", refuse)
+    overlays = []
+    for start in range(0, n_out, 16):
+        out, _ = _render_chunk(frames[start:start + 16], start, ctx.template_indices, avatar, renderer)
+        overlays += [o for frame in out for o in frame.overlays]
+    assert fake_gpu["sizes"] and renderer.device.kind == "cuda"
+    assert overlays and all(o.i420 for o in overlays)  # blended without a conversion back
