@@ -53,6 +53,10 @@ PIECES = [
     ("lipdub.render.retrieval", "remap_i420"),
     ("lipdub.render.retrieval", "remap_cubic"),
     ("lipdub.render.retrieval", "remap_sharp"),
+    # The torch kernels (--kernels torch: the GPU path's pixel work, here on the CPU): the rest of the
+    # render stage is what the render thread would still spend per frame with a GPU doing these.
+    ("lipdub.render.retrieval", "warp_and_match"),
+    ("lipdub.render.retrieval", "warp_and_match_i420"),
 ]
 
 # Wall time and CPU time (all threads of this process: OpenCV runs some calls on two threads). On a
@@ -93,6 +97,8 @@ def main() -> None:
     ap.add_argument("--engine", default="retrieval")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--kernels", default=None, choices=["torch"],
+                    help="the retrieval engine's pixel work as the GPU path's torch kernels (on the CPU)")
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "lipdub-bench"))
     a = ap.parse_args()
     work = Path(a.work)
@@ -106,13 +112,13 @@ def main() -> None:
     n_out = a.frames
     mouth = analyse_audio(clip, float(fps), n_out).fit_length(n_out)
     avatar = analyse_template(info, fps, work / "render_cost_cache")
-    renderer = create_renderer(a.engine, select_device("cpu"))
+    renderer = create_renderer(a.engine, select_device("cpu"), **({"kernels": a.kernels} if a.kernels else {}))
     indices = pingpong_indices(n_out, avatar.n_frames)
     ctx = RenderContext(avatar=avatar, mouth=mouth, audio=clip, fps=float(fps), template_indices=indices,
                         template=info)
     renderer.prepare(ctx)
     frames = list(TemplateFrames(info, fps, avatar.n_frames).frames_for(indices))
-    print(f"{info.width}x{info.height}, {n_out} frames, engine {a.engine}, face box "
+    print(f"{info.width}x{info.height}, {n_out} frames, engine {a.engine}, kernels {a.kernels or 'opencv'}, face box "
           f"{pipeline.face_box(avatar.landmarks[0], info.width, info.height)}", flush=True)
     instrument(renderer)
 

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -68,10 +68,12 @@ class Result:
     frames: int
     fps: float
     duration: float
-    device: str
+    device: str  # where the frames were rendered: one device, or each with its share after a fallback
     engine: str
     seconds: float
     faces_missing: int
+    devices: dict[str, int] = field(default_factory=dict)  # frames rendered, by device
+    encoder: str = ""  # the video encoder that wrote the output (h264_nvenc or libx264)
 
 
 class Cancelled(LipdubError):
@@ -140,7 +142,7 @@ def generate(audio: str | os.PathLike, face: str | os.PathLike, out: str | os.Pa
 
     width, height = output_size(f_info)
     writer = VideoWriter(out, width, height, out_fps, a_info, quality, use_nvenc=dev.kind == "cuda"
-                         and nvenc_available(), colour=yuv_colour(f_info))
+                         and nvenc_available(), nvenc_gpu=dev.index, colour=yuv_colour(f_info))
     missing = 0
     try:
         source = _template_frames(f_info, out_fps, avatar, indices)
@@ -159,8 +161,17 @@ def generate(audio: str | os.PathLike, face: str | os.PathLike, out: str | os.Pa
     log.info("Wrote %s: %d frames, %.2f s, in %.1f s (%.2fx real time).", output, n_out, n_out / float(out_fps),
              seconds, (n_out / float(out_fps)) / max(seconds, 1e-9))
     report("done", 1.0, "finished")
+    devices = dict(renderer.frames_on) or {dev.describe(): n_out}
     return Result(output=output, frames=n_out, fps=float(out_fps), duration=n_out / float(out_fps),
-                  device=dev.describe(), engine=engine_name, seconds=seconds, faces_missing=missing)
+                  device=devices_summary(devices), engine=engine_name, seconds=seconds, faces_missing=missing,
+                  devices=devices, encoder=writer.codec)
+
+
+def devices_summary(frames_on: dict[str, int]) -> str:
+    """The device that rendered, or, after a fallback, each with its frames: "cuda:0 (...): 120 frames, ..."."""
+    if len(frames_on) == 1:
+        return next(iter(frames_on))
+    return ", ".join(f"{name}: {n} frames" for name, n in frames_on.items())
 
 
 def _analyse_face(info: MediaInfo, fps: Fraction, engine: str, cache_dir: str | os.PathLike | None,

@@ -150,3 +150,87 @@ def test_face_boxes_are_smoothed_over_time() -> None:
     assert jitter(boxes) < 0.6 * jitter(raw)
     # Output frames map to template frames (ping-pong, stills): boxes follow the template index.
     np.testing.assert_allclose(plan_face_boxes(lms[:1], np.zeros(5, np.int64)), np.repeat(raw[:1], 5, axis=0))
+
+
+def _pretend_gpu(r: Wav2LipRenderer, monkeypatch, fail) -> list[tuple[str, int]]:
+    """``r`` on a fake CUDA device whose forward pass raises ``fail(n)`` (or succeeds with None) for n faces."""
+    r.device = Device("cuda", 0, "fake GPU", half=True)
+    calls: list[tuple[str, int]] = []
+    real_forward = r._forward
+
+    def forward(faces, mels):
+        calls.append((r.device.kind, len(faces)))
+        if r.device.kind == "cuda":
+            error = fail(len(faces))
+            if error is not None:
+                raise error
+            return np.zeros((len(faces), 96, 96, 3), np.uint8)
+        return real_forward(faces, mels)
+
+    monkeypatch.setattr(r, "_forward", forward)
+    monkeypatch.setattr(r, "_release_gpu_memory", lambda: None)
+    return calls
+
+
+@needs_shared
+def test_out_of_memory_batch_size_is_kept_for_the_rest_of_the_job(setup, monkeypatch) -> None:
+    image, lm, weights, ctx = setup
+    r = Wav2LipRenderer(cpu_device(), weights=weights, batch_size=16)
+    r.prepare(ctx)
+    calls = _pretend_gpu(r, monkeypatch, lambda n: RuntimeError("CUDA out of memory.") if n > 8 else None)
+    r.render([_task(image, lm, j) for j in range(10)])
+    r.render([_task(image, lm, j) for j in range(10, 20)])
+    # The second chunk starts at the batch that fitted, not at 16 again.
+    assert calls == [("cuda", 10), ("cuda", 8), ("cuda", 2), ("cuda", 8), ("cuda", 2)]
+    assert r.device.kind == "cuda" and r.frames_on == {"cuda:0 (fake GPU)": 20}
+
+
+@needs_shared
+def test_a_cuda_failure_renders_the_rest_of_the_job_on_the_cpu_with_one_warning(setup, monkeypatch, caplog) -> None:
+    import logging
+
+    image, lm, weights, ctx = setup
+    r = Wav2LipRenderer(cpu_device(), weights=weights, batch_size=4)
+    r.prepare(ctx)
+    expected = [c.crop for c in r.render([_task(image, lm, j) for j in range(8)])]
+    r.frames_on.clear()
+    gpu_calls = [0]
+
+    def fail(n):
+        gpu_calls[0] += 1
+        return RuntimeError("CUDA error: an illegal memory access was encountered") if gpu_calls[0] > 1 else None
+
+    calls = _pretend_gpu(r, monkeypatch, fail)
+    with caplog.at_level(logging.WARNING, logger="lipdub.render.wav2lip.engine"):
+        first = r.render([_task(image, lm, j) for j in range(8)])
+        second = r.render([_task(image, lm, j) for j in range(8)])
+    assert [k for k, _ in calls] == ["cuda", "cuda", "cpu", "cpu", "cpu"]
+    assert len([m for m in caplog.messages if "failed" in m]) == 1
+    assert r.device.kind == "cpu" and r.frames_on == {"cuda:0 (fake GPU)": 4, cpu_device().describe(): 12}
+    for a, b in zip(expected[4:] + expected, [c.crop for c in first[4:] + second], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@needs_shared
+def test_out_of_memory_while_loading_the_model_renders_on_the_cpu(setup, monkeypatch, caplog) -> None:
+    import logging
+
+    import torch
+
+    from lipdub.render.wav2lip import checkpoint
+
+    image, lm, weights, ctx = setup
+    real_load = checkpoint.load_wav2lip
+
+    def load(path, device="cpu"):
+        if torch.device(device).type == "cuda":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+        return real_load(path, device)
+
+    monkeypatch.setattr(checkpoint, "load_wav2lip", load)
+    r = Wav2LipRenderer(Device("cuda", 0, "fake GPU", half=True), weights=weights)
+    with caplog.at_level(logging.WARNING, logger="lipdub.render.wav2lip.engine"):
+        r.prepare(ctx)
+    assert r.device.kind == "cpu" and "does not load on cuda:0" in caplog.text
+    (out,) = r.render([_task(image, lm, 3)])
+    assert out.alpha is not None

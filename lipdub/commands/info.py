@@ -26,19 +26,25 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         import lipdub
-        from lipdub.device import select_device
-        from lipdub.media.encode import nvenc_available
+        from lipdub.device import _driver_version, cuda_unavailable_reason, select_device
+        from lipdub.media.encode import nvenc_opens
         from lipdub.render import ENGINES
 
         dev = select_device(device)
         table = Table(title=f"lipdub {lipdub.__version__}", show_header=False)
         table.add_row("device", dev.describe() + (" (FP16)" if dev.half else " (FP32)"))
+        driver = _driver_version()
+        build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        usable = cuda_unavailable_reason(torch) or f"{torch.cuda.device_count()} GPU(s) usable"
+        table.add_row("CUDA", f"torch {build}; NVIDIA driver {driver or 'not found'}; {usable}")
         table.add_row("python", platform.python_version())
         for name, mod in (("torch", torch), ("av (FFmpeg)", av), ("opencv", cv2), ("mediapipe", mediapipe),
                           ("numpy", numpy)):
             table.add_row(name, getattr(mod, "__version__", "?"))
-        codecs = ["libx264", "aac"] + (["h264_nvenc"] if nvenc_available() else [])
-        table.add_row("encoders", ", ".join(codecs))
+        table.add_row("encoders", "libx264, aac")
+        opens, reason = nvenc_opens(dev.index if dev.kind == "cuda" else None)
+        # Tried, not just looked up: compiled in is not enough (no driver, or a GPU without NVENC).
+        table.add_row("NVENC", f"h264_nvenc {reason}" if opens else f"h264_nvenc does not open: {reason}")
         table.add_row("engines", ", ".join(ENGINES))
         for label, ok in _models():
             table.add_row(label, ok)

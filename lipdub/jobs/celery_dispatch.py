@@ -254,8 +254,9 @@ def run_worker(broker: str, db: str, storage: str, *, device: str = "auto", queu
     global _context
     from lipdub.device import select_device
 
-    dev = select_device(device)  # logs "Using device: ..."
-    dev_spec = dev.kind if dev.index is None else f"{dev.kind}:{dev.index}"
+    # Logs "Using device: ...". This process only supervises render children: it holds no CUDA context.
+    dev = select_device(device, in_process=False)
+    dev_spec = dev.spec  # the resolved GPU, index included: every render of this worker uses it
     store = JobStore(normalize_db_url(db))
     _OutboxBase.metadata.create_all(store.engine)
     stor = open_storage(storage)

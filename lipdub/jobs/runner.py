@@ -122,7 +122,8 @@ def run_job(job_id: str, store: JobStore, storage: Storage, *, token: str, devic
     _thumbnail(final, storage.thumbnail_path(job_id))
     info = {"frames": int(result.frames), "fps": float(result.fps), "duration": float(result.duration),
             "device": str(result.device), "engine": str(result.engine), "seconds": float(result.seconds),
-            "faces_missing": int(result.faces_missing), "bytes": final.stat().st_size}
+            "faces_missing": int(result.faces_missing), "bytes": final.stat().st_size,
+            "devices": {str(k): int(v) for k, v in result.devices.items()}, "encoder": str(result.encoder)}
     if store.finish(job_id, token, DONE, result=info):
         log.info("Done: %d frames, %.2f s of video in %.1f s on %s.", info["frames"], info["duration"],
                  info["seconds"], info["device"])
@@ -166,15 +167,20 @@ class Dispatcher(Protocol):
     def busy(self) -> int: ...
 
 
+def gpu_count() -> int:
+    """CUDA GPUs torch sees (without creating a CUDA context); 1 if it cannot say."""
+    try:
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    except Exception:  # noqa: BLE001
+        return 1
+
+
 def default_workers(device: Any) -> int:
     """One render process per GPU; on the CPU one per two cores (a render uses several threads)."""
     if getattr(device, "kind", "cpu") == "cuda":
-        try:
-            import torch
-
-            return max(1, torch.cuda.device_count())
-        except Exception:  # noqa: BLE001
-            return 1
+        return gpu_count()
     from lipdub.device import cpu_count
 
     return max(1, cpu_count() // 2)

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from lipdub.errors import InputError
 from lipdub.face.avatar import default_cache_root
 from lipdub.face.cache import avatars_root, banks_in_progress_bytes, budget_bytes, cached_avatars
-from lipdub.jobs.runner import Dispatcher, LocalDispatcher, default_workers
+from lipdub.jobs.runner import Dispatcher, LocalDispatcher, default_workers, gpu_count
 from lipdub.jobs.storage import LocalStorage, UploadTooLarge, as_named_by_user
 from lipdub.jobs.store import DONE, FINISHED, RUNNING, Job, JobStore, sqlite_url, utcnow
 from lipdub.media.limits import Limits, check_audio, check_face, safe_name
@@ -142,6 +142,23 @@ def engine_names() -> list[str]:
     return ["auto", *ENGINES]
 
 
+def worker_devices(spec: str, device: Any, workers: int | None) -> list[str]:
+    """The device each render worker uses, worker i taking entry i modulo the list's length.
+
+    ``cuda:N`` asked for: every worker on GPU N. ``auto`` or ``cuda`` on CUDA: one worker per GPU
+    without ``workers``, else each worker's render picks the freest GPU when it starts. The CPU:
+    all on it (a GPU asked for and not usable is not asked again by each job).
+    """
+    spec = (spec or "auto").strip().lower()
+    if device.kind != "cuda":
+        return [device.kind]
+    if spec.startswith("cuda:"):
+        return [f"cuda:{device.index}"]
+    if workers:
+        return [spec]
+    return [f"cuda:{i}" for i in range(gpu_count())]
+
+
 def quality_names() -> list[str]:
     from lipdub.media.encode import QUALITIES
 
@@ -173,13 +190,15 @@ class Studio:
             return celery_studio(cls, settings)
         from lipdub.device import select_device
 
-        device = select_device(settings.device)
-        workers = settings.workers or default_workers(device)
-        devices = [settings.device]
-        if device.kind == "cuda" and not settings.workers:
-            devices = [f"cuda:{i}" for i in range(workers)]  # one worker per GPU
-        elif device.kind == "cpu":
-            devices = ["cpu"]
+        # The server renders nothing itself: it must hold no CUDA context (the query runs in a subprocess).
+        device = select_device(settings.device, in_process=False)
+        devices = worker_devices(settings.device, device, settings.workers)
+        if settings.workers:
+            workers = settings.workers
+        elif device.kind == "cuda":
+            workers = len(devices)  # one per GPU used
+        else:
+            workers = default_workers(device)
         studio = cls(settings, device_description=device.describe(), device_kind=device.kind)
         studio.dispatcher = LocalDispatcher(studio.store, studio.storage, workers=workers, devices=devices,
                                             timeout_s=settings.job_timeout_s, memory_mb=settings.job_memory_mb)

@@ -6,11 +6,13 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
+import av.logging
 import numpy as np
 
 from lipdub.errors import InputError, LipdubError
@@ -45,11 +47,52 @@ def quality(name: str) -> Quality:
 
 
 def nvenc_available() -> bool:
+    """Whether this FFmpeg has the NVENC encoder compiled in (not whether it opens: :func:`nvenc_opens`)."""
     try:
         av.codec.Codec("h264_nvenc", "w")
     except Exception:  # noqa: BLE001 - PyAV raises several kinds for a missing encoder
         return False
     return True
+
+
+def ffmpeg_reason(error: BaseException) -> str:
+    """FFmpeg's own words for a failed call (the log line PyAV attaches), else the error itself."""
+    logged = getattr(error, "log", None)
+    if isinstance(logged, tuple) and len(logged) == 3 and str(logged[2]).strip():
+        return str(logged[2]).strip()
+    return str(error)
+
+
+@contextmanager
+def ffmpeg_errors_attached() -> Iterator[None]:
+    """FFmpeg's error log on, kept off stderr: a failing call's exception then carries FFmpeg's reason
+    (``error.log``) instead of a bare errno ("[Errno 1] Operation not permitted" for NVENC)."""
+    before = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)
+    try:
+        with av.logging.Capture():
+            yield
+    finally:
+        av.logging.set_level(before)
+
+
+def nvenc_opens(gpu: int | None = None) -> tuple[bool, str]:
+    """Whether NVENC opens an encoder on GPU ``gpu`` (None: FFmpeg's default, the first), with FFmpeg's
+    reason when it does not. Compiled in is not enough: the driver, its libnvidia-encode, and a GPU
+    with an encoder (data-centre GPUs such as the A100 and H100 have none) must all be there."""
+    if not nvenc_available():
+        return False, "this FFmpeg has no NVENC encoder compiled in"
+    cc = av.codec.CodecContext.create("h264_nvenc", "w")
+    cc.width, cc.height, cc.pix_fmt = 256, 256, "yuv420p"
+    cc.time_base = Fraction(1, 25)
+    if gpu is not None:
+        cc.options = {"gpu": str(gpu)}
+    try:
+        with ffmpeg_errors_attached():
+            cc.open()
+    except Exception as e:  # noqa: BLE001 - PyAV raises several kinds; the reason is what matters
+        return False, ffmpeg_reason(e)
+    return True, "opens" + (f" on GPU {gpu}" if gpu is not None else "")
 
 
 # The rates AAC can carry (up to 48 kHz: more only costs bits for speech).
@@ -90,7 +133,7 @@ class VideoWriter:
     """
 
     def __init__(self, out: str | os.PathLike, width: int, height: int, fps: Fraction, audio: MediaInfo,
-                 quality_name: str = "balanced", use_nvenc: bool = False,
+                 quality_name: str = "balanced", use_nvenc: bool = False, nvenc_gpu: int | None = None,
                  colour: tuple[int, int, int] = (2, 2, 2)) -> None:
         self.out = Path(out)
         self.colour = colour
@@ -100,6 +143,8 @@ class VideoWriter:
         q = quality(quality_name)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.container = av.open(str(self.tmp), "w", format="mp4", options={"movflags": "+faststart"})
+        self.nvenc_gpu = nvenc_gpu  # the render's GPU: a cuda:1 job encodes on GPU 1, not on FFmpeg's default 0
+        self.fallback_reason = ""  # why NVENC was asked for and not used
         self.video = self._video_stream(q, use_nvenc)
         self.frames_written = 0
         self._audio_in = av.open(str(audio.path), metadata_errors="ignore")
@@ -119,12 +164,16 @@ class VideoWriter:
             try:
                 s = self.container.add_stream("h264_nvenc", rate=self.fps)
                 s.options = {"preset": q.nvenc_preset, "rc": "vbr", "cq": str(q.nvenc_cq)}
+                if self.nvenc_gpu is not None:
+                    s.options = {**s.options, "gpu": str(self.nvenc_gpu)}
                 self._setup(s)
-                s.codec_context.open()  # fail here, not mid-job, when the GPU has no free encoder
+                with ffmpeg_errors_attached():
+                    s.codec_context.open()  # fail here, not mid-job, when the GPU has no free encoder
                 self.codec = "h264_nvenc"
                 return s
             except Exception as e:  # noqa: BLE001
-                log.warning("NVENC is not usable (%s); encoding with libx264 on the CPU.", e)
+                self.fallback_reason = ffmpeg_reason(e)
+                log.warning("NVENC does not open (%s); encoding with libx264 on the CPU.", self.fallback_reason)
                 self.container.close()
                 self.container = av.open(str(self.tmp), "w", format="mp4", options={"movflags": "+faststart"})
         s = self.container.add_stream("libx264", rate=self.fps)

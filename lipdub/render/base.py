@@ -121,6 +121,13 @@ class Renderer(ABC):
     def __init__(self, device: Device, **options) -> None:
         self.device = device
         self.options = options
+        self.frames_on: dict[str, int] = {}  # frames rendered, by device: an engine that falls back says so
+
+    def count_frames(self, n: int, device: Device) -> None:
+        """Record that ``n`` frames were rendered on ``device`` (for the result and the job record)."""
+        if n:
+            key = device.describe()
+            self.frames_on[key] = self.frames_on.get(key, 0) + n
 
     @classmethod
     def suits(cls, avatar: Avatar) -> bool:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from lipdub.device import cpu_device
 from lipdub.face.avatar import Avatar
 from lipdub.face.landmarks import (
     CHIN,
@@ -35,7 +36,7 @@ from lipdub.render.bank import STABLE, MouthBank, image_extent, mouth_bank, need
 from lipdub.render.base import FrameTask, RenderContext, RenderedCrop, Renderer
 from lipdub.render.blend import REACH, colour_ring, composite_alpha_box, match_colour_i420
 from lipdub.render.geometry import apply_affine, similarity
-from lipdub.render.kernels import WarpJob, warp_and_match
+from lipdub.render.kernels import GpuKernels, WarpJobI420, warp_and_match_i420
 from lipdub.render.masks import lower_face, lower_face_polygon
 from lipdub.render.select import Costs, Targets, candidates, map_targets, viterbi
 from lipdub.render.warp import (
@@ -167,17 +168,19 @@ class RetrievalRenderer(Renderer):
 
     def render(self, tasks: list[FrameTask]) -> list[RenderedCrop]:
         if self.bank is None:
+            self.count_frames(len(tasks), cpu_device())
             return self.warp.render(tasks)
         plans = [self._plan(t) for t in tasks]
         todo = [p for p in plans if isinstance(p, _Plan)]
+        # The pixel work stays in the frame's own I420 planes, on the GPU as on the CPU: the bank stores
+        # them, the frame is made of them, and chroma at half resolution is a quarter of the resampling.
         patches = self._torch_patches(todo) if self.use_torch else None
-        i420 = patches is None
-        if i420:
-            # On the CPU the pixel work stays in the frame's own I420 planes: the bank stores them, the
-            # frame is made of them, and chroma at half resolution is a quarter of the resampling.
+        on_cpu = patches is None
+        self.count_frames(len(tasks), cpu_device() if on_cpu else self.device)
+        if on_cpu:
             patches = [self._patch_i420(p) for p in todo]
         done = iter(patches)
-        return [p if isinstance(p, RenderedCrop) else self._finish(p, next(done), i420) for p in plans]
+        return [p if isinstance(p, RenderedCrop) else self._finish(p, next(done), True) for p in plans]
 
     def _patch_i420(self, p: _Plan) -> np.ndarray:
         assert self.bank is not None
@@ -191,16 +194,19 @@ class RetrievalRenderer(Renderer):
         return self.device.kind == "cuda" or self.options.get("kernels") == "torch"
 
     def _torch_patches(self, plans: list[_Plan]) -> list[np.ndarray] | None:
+        """The pixel work as torch kernels (packed I420 patches); None when the GPU gave up and the CPU
+        renders from now on."""
         assert self.bank is not None
-        jobs = [WarpJob(np.asarray(self.bank.images[p.entry]), p.pull[..., 0], p.pull[..., 1], p.task.region(p.box),
-                        colour_ring(p.alpha, p.local)) for p in plans]
-        try:
-            return warp_and_match(self.device, jobs)
-        except RuntimeError as e:  # CUDA out of memory or busy: this chunk on the CPU instead
-            if self.device.kind != "cuda":
-                raise
-            log.warning("GPU kernels failed (%s); rendering this chunk on the CPU.", str(e).splitlines()[0])
-            return None
+        jobs = [WarpJobI420(self.bank.images.i420(p.entry), p.pull[..., 0], p.pull[..., 1],
+                            p.task.region_i420(p.box), colour_ring(p.alpha, p.local)) for p in plans]
+        if self.device.kind != "cuda":
+            return warp_and_match_i420(self.device, jobs)
+        if getattr(self, "gpu", None) is None or self.gpu.device != self.device:
+            self.gpu = GpuKernels(self.device, i420=True)
+        patches = self.gpu.run(jobs)
+        if patches is None:  # the GPU failed (GpuKernels warned once): the OpenCV path for the rest of the job
+            self.device = cpu_device()
+        return patches
 
     def _plan(self, task: FrameTask) -> _Plan | RenderedCrop:
         """Everything but the pixel work for one frame: which source, where its pixels go, the mask."""

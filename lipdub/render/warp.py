@@ -9,6 +9,7 @@ import numpy as np
 from scipy.interpolate import PchipInterpolator
 from scipy.spatial import Delaunay
 
+from lipdub.device import cpu_device
 from lipdub.face.landmarks import (
     LEFT_EYE_LOWER,
     LEFT_EYE_UPPER,
@@ -53,6 +54,7 @@ class WarpRenderer(Renderer):
     name = "warp"
 
     def render(self, tasks: list[FrameTask]) -> list[RenderedCrop]:
+        self.count_frames(len(tasks), cpu_device())  # OpenCV on the CPU, whatever the job's device
         return [self._render_one(t) for t in tasks]
 
     def target_points(self, lm: np.ndarray, out_index: int) -> tuple[np.ndarray, float, float]:

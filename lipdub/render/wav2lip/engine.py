@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from scipy.signal import resample_poly
 
-from lipdub.device import Device, cpu_device, is_out_of_memory
+from lipdub.device import Device, cpu_device, is_cuda_error, is_out_of_memory, release_cached_memory
 from lipdub.errors import ModelError
 from lipdub.face.avatar import Avatar
 from lipdub.render.base import FrameTask, RenderContext, RenderedCrop, Renderer
@@ -68,7 +68,18 @@ class Wav2LipRenderer(Renderer):
         super().prepare(ctx)
         from lipdub.render.wav2lip.checkpoint import load_wav2lip
 
-        self.model = load_wav2lip(self.weights, self.device.torch)
+        try:
+            self.model = load_wav2lip(self.weights, self.device.torch)
+        except Exception as e:
+            if not (self.device.kind == "cuda" and is_cuda_error(e)):
+                raise
+            # Out of memory (or a failing GPU) before the first frame: the whole job on the CPU.
+            log.warning("The Wav2Lip model does not load on %s (%s); rendering on the CPU.", self.device.describe(),
+                        _first_line(e))
+            self.model = None
+            release_cached_memory(self.device)
+            self.device = cpu_device()
+            self.model = load_wav2lip(self.weights, self.device.torch)
         if ctx.audio is None:
             raise ValueError("the wav2lip engine needs the speech in its render context")
         samples = np.asarray(ctx.audio.samples, np.float32)
@@ -102,24 +113,32 @@ class Wav2LipRenderer(Renderer):
     # -- inference ---------------------------------------------------------------------------------
 
     def _infer(self, faces: np.ndarray, mels: np.ndarray) -> np.ndarray:
-        """(N, 96, 96, 3) BGR uint8 faces + (N, 1, 80, 16) mels -> (N, 96, 96, 3) BGR uint8, in chunks."""
+        """(N, 96, 96, 3) BGR uint8 faces + (N, 1, 80, 16) mels -> (N, 96, 96, 3) BGR uint8, in chunks.
+
+        On CUDA, an out-of-memory error halves the batch for the rest of the job; below
+        ``MIN_GPU_BATCH``, or after any other CUDA failure, the rest of the job runs on the CPU (one
+        warning). Other errors are bugs and propagate."""
         results = []
-        start, size = 0, self.batch_size
+        start = 0
         while start < len(faces):
+            size = self.batch_size
             chunk = slice(start, start + size)
             try:
                 results.append(self._forward(faces[chunk], mels[chunk]))
-            except RuntimeError as e:
-                if not (self.device.kind == "cuda" and is_out_of_memory(e)):
+            except Exception as e:
+                if not (self.device.kind == "cuda" and is_cuda_error(e)):
                     raise
-                self._release_gpu_memory()
-                if size > MIN_GPU_BATCH:
-                    size //= 2
-                    log.warning("GPU out of memory; retrying wav2lip with batches of %d.", size)
+                if is_out_of_memory(e):
+                    self._release_gpu_memory()
+                if is_out_of_memory(e) and size > MIN_GPU_BATCH:
+                    self.batch_size = size // 2  # kept for every later chunk of this job
+                    log.warning("GPU out of memory; wav2lip continues with batches of %d.", self.batch_size)
                 else:
-                    log.warning("GPU out of memory even for small batches; continuing wav2lip on the CPU.")
+                    log.warning("The GPU %s failed (%s); rendering the rest of this job on the CPU.",
+                                self.device.describe(), _first_line(e))
                     self._move_to_cpu()
                 continue
+            self.count_frames(len(results[-1]), self.device)
             start += size
         return np.concatenate(results)
 
@@ -140,15 +159,17 @@ class Wav2LipRenderer(Renderer):
             return pred.permute(0, 2, 3, 1).cpu().numpy()
 
     def _release_gpu_memory(self) -> None:
-        import torch
-
-        torch.cuda.empty_cache()
+        release_cached_memory(self.device)
 
     def _move_to_cpu(self) -> None:
-        assert self.model is not None
-        self.device = cpu_device()
-        self.model = self.model.float().to(self.device.torch)
+        """The model again from its checkpoint, on the CPU in FP32 (a failed CUDA context cannot be
+        copied from)."""
+        from lipdub.render.wav2lip.checkpoint import load_wav2lip
+
+        self.model = None
         self._release_gpu_memory()
+        self.device = cpu_device()
+        self.model = load_wav2lip(self.weights, self.device.torch)
 
     # -- geometry ----------------------------------------------------------------------------------
 
@@ -181,6 +202,10 @@ class Wav2LipRenderer(Renderer):
         # lipdub's mouth-and-jaw mask, limited to where the upscaled face was pasted.
         alpha = lower_face_mask(task.landmarks, crop.shape[:2]) * box_feather(crop.shape[:2], box)
         return RenderedCrop(crop, alpha.astype(np.float32))
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def face_box(landmarks: np.ndarray) -> np.ndarray | None:
