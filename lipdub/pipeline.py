@@ -21,11 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from lipdub.audio import analyse as analyse_audio
+from lipdub.audio.adapt import MIN_SPEECH_S, SpeakerFit, adapt, fit_from_track
+from lipdub.audio.adapt import cache_path as adapt_cache_path
 from lipdub.device import Device, select_device
 from lipdub.errors import InputError, LipdubError
 from lipdub.face.analyse import analyse_template
 from lipdub.face.avatar import Avatar, default_cache_root
 from lipdub.face.cache import avatars_root
+from lipdub.face.landmarks import inter_ocular, lip_gap
 from lipdub.media.audio import load_audio
 from lipdub.media.decode import (
     TemplateFrames,
@@ -124,6 +127,9 @@ def generate(audio: str | os.PathLike, face: str | os.PathLike, out: str | os.Pa
     finally:
         pool.shutdown(wait=False)  # on an error, do not wait for the speech analysis to finish
     _check_cancel(cancel)
+    fit = speaker_fit(avatar, f_info, report)
+    if fit is not None:
+        mouth = adapt(mouth, fit)
 
     engine_name = engine_for(engine, avatar)
     options: dict = {"weights": str(weights)} if weights else {}
@@ -190,6 +196,37 @@ def _analyse_face(info: MediaInfo, fps: Fraction, engine: str, cache_dir: str | 
         if bank is not None:
             bank.discard()
     return avatar
+
+
+def speaker_fit(avatar: Avatar, info: MediaInfo, report: Callable[[str, float, str], None] | None = None
+                ) -> SpeakerFit | None:
+    """How this template's speaker moves their mouth with their own speech (:mod:`lipdub.audio.adapt`),
+    from the avatar cache or measured now; None for photos and templates without enough speech."""
+    if avatar.kind != "video" or not info.has_audio:
+        return None
+    path = adapt_cache_path(avatar.cache_dir)
+    if path.exists():
+        fit = SpeakerFit.load(path)
+        return fit if len(fit.opening) else None
+    if report is not None:
+        report("analysing template", 1.0, "learning the speaker's own mouth from the template's speech")
+    try:
+        clip = load_audio(info.path, info=info)
+    except InputError as e:
+        log.info("No speaker adaptation: %s", e)
+        return None
+    track = analyse_audio(clip, avatar.fps, avatar.n_frames)
+    gap = lip_gap(avatar.landmarks) / np.maximum(inter_ocular(avatar.landmarks), 1e-6)
+    fit = fit_from_track(track, gap, avatar.found)
+    stored = fit or SpeakerFit(np.zeros((0, 0), np.float32), np.zeros(0, np.float32), 0)
+    if avatar.cache_dir.is_dir():
+        stored.save(path)
+    if fit is None:
+        log.info("No speaker adaptation: the template has under %.0f s of speech with a face.", MIN_SPEECH_S)
+    else:
+        log.info("Adapted the mouth to the template's speaker: %d frames of their own speech (their picture "
+                 "was %+d frames off their sound).", len(fit.opening), fit.offset)
+    return fit
 
 
 def _output_fps(fps: float | None, info: MediaInfo) -> Fraction:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lipdub.audio.adapt import adapt, fit_from_track
 from lipdub.audio.features import Features
 from lipdub.audio.fusion import track_from_curves
 from lipdub.audio.mouth_model import (
@@ -31,6 +32,7 @@ from lipdub.audio.mouth_model import (
     hop_inputs,
     windows,
 )
+from lipdub.audio.track import MouthTrack
 
 log = logging.getLogger("train_mouth")
 REPO = Path(__file__).resolve().parents[1]
@@ -225,14 +227,29 @@ def refit_last_layer(net: Net, x: np.ndarray, y: np.ndarray, strength: float) ->
     return Net(net.mean, net.scale, [net.weights[0], weights], [net.biases[0], biases], net.out_mean, net.out_scale)
 
 
+def neighbour_blend(c: Clip, opening: np.ndarray, embedding: np.ndarray, half: int) -> np.ndarray:
+    """The second half's opening as the product adapts it to the speaker from the first half."""
+    speech = c.inputs[np.clip(frame_hops(c.fps, len(c)), 0, len(c.inputs) - 1), -1] > 0.5
+    zeros = np.zeros(len(c), np.float32)
+
+    def track(part: slice) -> MouthTrack:
+        return MouthTrack(c.fps, opening[part].astype(np.float32), zeros[part], zeros[part], zeros[part],
+                          speech[part], embedding=embedding[part])
+
+    fit = fit_from_track(track(slice(0, half)), c.open[:half], np.isfinite(c.open[:half]))
+    second = track(slice(half, len(c)))
+    return (adapt(second, fit) if fit is not None else second).open
+
+
 def adaptation(clips: list[Clip], preds: dict[str, np.ndarray], nets: dict[str, MouthModel]) -> list[str]:
     """Per-speaker adaptation, cross-validated within each held-out clip: fit on its first half (the
     avatar's own speech and mouth), score on its second half against the generic prediction. A scale
-    and offset cannot change r; a lag and a refitted last layer (three strengths) can."""
+    and offset cannot change r; a lag, a refitted last layer (three strengths) and the shipped nearest-
+    neighbour blend (lipdub.audio.adapt, which finds the offset itself) can."""
     strengths = (10.0, 100.0, 1000.0)
-    rows = ["| clip | generic | lag fit (chosen) | " + " | ".join(f"last layer, pull {s:g}" for s in strengths) + " |",
-            "|---|---|---|" + "---|" * len(strengths)]
-    cols: list[list[float]] = [[] for _ in range(2 + len(strengths))]
+    rows = ["| clip | generic | lag fit (chosen) | " + " | ".join(f"last layer, pull {s:g}" for s in strengths)
+            + " | shipped: neighbours |", "|---|---|---|" + "---|" * (len(strengths) + 1)]
+    cols: list[list[float]] = [[] for _ in range(3 + len(strengths))]
     for c in clips:
         truth = shifted(c.open, c.offset)
         p = preds[c.name][:, 0]
@@ -248,6 +265,7 @@ def adaptation(clips: list[Clip], preds: dict[str, np.ndarray], nets: dict[str, 
             tuned = refit_last_layer(network, x[:half][ok], truth[:half][ok], s)
             mixed = p + 0.5 * (tuned.predict(x)[:, 0] - network.predict(x)[:, 0])  # the network's half retuned
             vals.append(lagged(mixed[half:], truth[half:], 0))
+        vals.append(lagged(neighbour_blend(c, np.clip(p, 0, 1), nets[c.name].embed(x), half), truth[half:], 0))
         for col, v in zip(cols, vals, strict=True):
             col.append(v)
         rows.append(f"| {c.name[:40]} | {vals[0]:.2f} | {vals[1]:.2f} ({lag:+d}) | "

@@ -293,6 +293,7 @@ def mouth_track(A: Analysis, cv: dict[str, np.ndarray], fps: float, n_frames: in
         track.closed = np.zeros_like(track.closed)
     track.open = opening.astype(np.float32)
     track.width = (np.clip(learned["width"], -1, 1) * rest).astype(np.float32)
+    track.embedding = learned["embedding"]
     return track
 
 

@@ -56,6 +56,13 @@ class MouthModel:
     def predict(self, x: np.ndarray) -> np.ndarray:
         return np.mean([m.predict(x) for m in self.members], axis=0).astype(np.float32)
 
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        """(n, H) the hidden layer of the network member: what the model makes of the speech, where two
+        frames of one speaker that sound alike lie close (:mod:`lipdub.audio.adapt` searches it)."""
+        net = next(m for m in self.members if len(m.weights) > 1)
+        h = (x - net.mean) / net.scale @ net.weights[0] + net.biases[0]
+        return np.maximum(h, 0.0, out=h).astype(np.float32)
+
     def save(self, path: str | Path) -> None:
         arrays: dict[str, np.ndarray] = {"offsets": self.offsets}
         for j, m in enumerate(self.members):
@@ -115,10 +122,15 @@ def windows(inputs: np.ndarray, centres: np.ndarray, offsets: np.ndarray) -> np.
 
 def predict_frames(model: MouthModel, inputs: np.ndarray, fps: float, n_frames: int,
                    block: int = 4096) -> dict[str, np.ndarray]:
-    """Per-frame outputs for ``n_frames`` frames at ``fps``; a block of frames at a time, so an hour of
-    speech never holds more than one block of windows."""
+    """Per-frame outputs for ``n_frames`` frames at ``fps``, and each frame's ``embedding``; a block of
+    frames at a time, so an hour of speech never holds more than one block of windows."""
     hops = frame_hops(fps, n_frames)
     out = np.empty((n_frames, len(OUTPUTS)), np.float32)
+    embedding = []
     for a in range(0, n_frames, block):
-        out[a: a + block] = model.predict(windows(inputs, hops[a: a + block], model.offsets))
-    return {k: out[:, i] for i, k in enumerate(OUTPUTS)}
+        x = windows(inputs, hops[a: a + block], model.offsets)
+        out[a: a + block] = model.predict(x)
+        embedding.append(model.embed(x))
+    result = {k: out[:, i] for i, k in enumerate(OUTPUTS)}
+    result["embedding"] = np.concatenate(embedding) if embedding else np.zeros((0, 0), np.float32)
+    return result

@@ -28,6 +28,9 @@ class MouthTrack:
     round: np.ndarray
     closed: np.ndarray
     speech: np.ndarray
+    # (frames, H) what the mouth model made of the speech on each frame, for speaker adaptation
+    # (lipdub.audio.adapt); None where the track did not come from the model. Not serialised.
+    embedding: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.open)
@@ -53,10 +56,13 @@ class MouthTrack:
         if n == n_frames:
             return self
         if n > n_frames:
-            return MouthTrack(self.fps, *(getattr(self, k)[:n_frames] for k in _KEYS))
+            emb = None if self.embedding is None else self.embedding[:n_frames]
+            return MouthTrack(self.fps, *(getattr(self, k)[:n_frames] for k in _KEYS), embedding=emb)
         pad = n_frames - n
         arrays = [np.concatenate([getattr(self, k), np.zeros(pad, getattr(self, k).dtype)]) for k in _KEYS]
-        return MouthTrack(self.fps, *arrays)
+        emb = None if self.embedding is None else np.concatenate(
+            [self.embedding, np.repeat(self.embedding[-1:], pad, axis=0)]) if len(self.embedding) else None
+        return MouthTrack(self.fps, *arrays, embedding=emb)
 
     def to_dict(self) -> dict:
         d: dict = {"fps": float(self.fps)}

@@ -1,0 +1,100 @@
+"""Speaker adaptation on real talking video: the template's own speech and mouth, measured and cached."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from conftest import media
+
+from lipdub.audio import analyse
+from lipdub.audio.adapt import SpeakerFit, adapt, cache_path
+from lipdub.face.analyse import analyse_template
+from lipdub.media.audio import load_audio
+from lipdub.media.probe import probe
+from lipdub.pipeline import speaker_fit
+
+
+def picture_delayed(src: Path, dst: Path, frames: int) -> Path:
+    """A copy of ``src`` whose picture is ``frames`` frames late against its (untouched) sound: the first
+    frame is shown ``frames`` extra times and the last ``frames`` frames are dropped."""
+    with av.open(str(src)) as inp:
+        vin = inp.streams.video[0]
+        rate = Fraction(vin.average_rate)
+        pictures = [f.to_ndarray(format="rgb24") for f in inp.decode(vin)]
+    clip = load_audio(src)
+    with av.open(str(dst), "w") as out:
+        vs = out.add_stream("libx264", rate=rate)
+        vs.width, vs.height, vs.pix_fmt = pictures[0].shape[1], pictures[0].shape[0], "yuv420p"
+        vs.options = {"crf": "16"}
+        aus = out.add_stream("aac", rate=clip.sample_rate, layout="mono")
+        for pic in [pictures[0]] * frames + pictures[: len(pictures) - frames]:
+            out.mux(vs.encode(av.VideoFrame.from_ndarray(pic, format="rgb24")))
+        out.mux(vs.encode(None))
+        samples = clip.samples.reshape(1, -1)
+        for a in range(0, samples.shape[1], 1024):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, a: a + 1024]), format="flt",
+                                               layout="mono")
+            frame.sample_rate = clip.sample_rate
+            frame.pts = a
+            out.mux(aus.encode(frame))
+        out.mux(aus.encode(None))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def katie(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """katie_talk_512 (8 s of her own speech) and its avatar cache folder."""
+    return media("katie_talk_512.mp4"), tmp_path_factory.mktemp("avatars")
+
+
+def test_fit_is_measured_once_and_cached(katie: tuple[Path, Path]) -> None:
+    video, cache = katie
+    info = probe(video)
+    avatar = analyse_template(info, info.fps, cache)
+    fit = speaker_fit(avatar, info)
+    assert fit is not None
+    assert len(fit.opening) >= 4 * 25 and fit.embedding.shape[0] == len(fit.opening)
+    assert np.isfinite(fit.opening).all()
+    assert abs(fit.offset) <= 10
+    assert cache_path(avatar.cache_dir).is_file()
+    again = speaker_fit(avatar, info)
+    assert again is not None and np.array_equal(again.opening, fit.opening)
+
+
+def test_a_late_picture_is_found_and_not_learned(katie: tuple[Path, Path], tmp_path: Path) -> None:
+    # The same recording with its picture 5 frames late: the fit finds the offset and corrects it, so a
+    # badly synced template teaches the output no delay.
+    video, cache = katie
+    shifted = picture_delayed(video, tmp_path / "late.mp4", 5)
+    info = probe(shifted)
+    avatar = analyse_template(info, info.fps, cache)
+    fit = speaker_fit(avatar, info)
+    assert fit is not None
+    on_time = speaker_fit(analyse_template(probe(video), probe(video).fps, cache), probe(video))
+    assert on_time is not None
+    assert fit.offset - on_time.offset == 5
+
+
+def test_adapt_moves_only_speaking_frames(katie: tuple[Path, Path]) -> None:
+    video, cache = katie
+    info = probe(video)
+    fit = speaker_fit(analyse_template(info, info.fps, cache), info)
+    assert isinstance(fit, SpeakerFit)
+    drive = analyse(load_audio(media("en_speech_12s.wav")), 25.0)
+    adapted = adapt(drive, fit)
+    assert len(adapted) == len(drive)
+    assert np.array_equal(adapted.open[~drive.speech], drive.open[~drive.speech])
+    assert np.all((adapted.open >= 0) & (adapted.open <= 1))
+    moved = np.abs(adapted.open - drive.open)[drive.speech]
+    assert moved.mean() > 0.01
+    # It adapts the generic opening rather than replacing it.
+    assert np.corrcoef(adapted.open, drive.open)[0, 1] > 0.7
+
+
+def test_photos_and_silent_templates_use_the_generic_model(tmp_path: Path) -> None:
+    info = probe(media("portrait_624.jpg"))
+    assert speaker_fit(analyse_template(info, Fraction(25), tmp_path), info) is None
