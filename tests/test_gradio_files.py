@@ -62,13 +62,14 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _tree_hashes(*roots: Path) -> dict[str, Path]:
-    found = {}
+def _tree_hashes(*roots: Path) -> list[tuple[str, Path]]:
+    """(content hash, path) of every file under ``roots``."""
+    found = []
     for root in roots:
         for p in root.rglob("*"):
             if p.is_file() and not p.is_symlink():
                 try:
-                    found.setdefault(_sha(p), p)
+                    found.append((_sha(p), p))
                 except OSError:
                     pass
     return found
@@ -153,9 +154,11 @@ def test_gradio_api_reads_copies_and_serves_only_its_own_uploads(tmp_path) -> No
             if atime_recorded:
                 read = [p for p, t in atimes.items() if p.stat().st_atime != t]
                 assert not read, read
-            # Nothing was copied: no file anywhere the server writes holds a private file's bytes.
-            copies = {h: p for h, p in _tree_hashes(data, server_tmp).items() if h in hashes and p != hashes[h]
-                      and p not in stored}
+            # Nothing was copied: no file anywhere the server writes holds a private file's bytes. A stored
+            # upload's pin (data/pins, a hard link kept until its request is recorded) is that upload itself.
+            stored_inodes = {p.stat().st_ino for p in stored}
+            copies = {h: p for h, p in _tree_hashes(data, server_tmp) if h in hashes and p != hashes[h]
+                      and p not in stored and p.stat().st_ino not in stored_inodes}
             assert not copies, copies
             # Nothing is served: neither the targets nor anything in Gradio's folders.
             for target in [*targets, *(p for p in server_tmp.rglob("*") if p.is_file())]:
