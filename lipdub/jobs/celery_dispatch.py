@@ -34,6 +34,7 @@ from sqlalchemy import DateTime, String, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from lipdub.errors import ConfigError
 from lipdub.jobs.recovery import STALE_AFTER_S, HeartbeatWatch, requeue_stale
 from lipdub.jobs.storage import LocalStorage, Storage
 from lipdub.jobs.store import (
@@ -54,6 +55,8 @@ if TYPE_CHECKING:
     from lipdub.jobs.service import Settings, Studio
 
 log = logging.getLogger(__name__)
+
+SCALE_EXTRA = "lipdub[scale]"  # the optional dependencies of this module: Celery, Redis, psycopg
 
 TASK_NAME = "lipdub.render"
 DEFAULT_QUEUE = "lipdub"
@@ -84,9 +87,12 @@ def normalize_db_url(url: str) -> str:
     """``postgresql://`` means psycopg2 to SQLAlchemy; use psycopg 3 (the declared extra) when that is
     what is installed, so the URL from the issue/docs works as written."""
     if url.startswith(("postgresql://", "postgres://")):
-        try:
-            import psycopg2  # noqa: F401
-        except ImportError:
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg2") is None:
+            if importlib.util.find_spec("psycopg") is None:
+                raise ConfigError("A PostgreSQL job store needs psycopg, which is not installed; install it "
+                                  f"with: pip install '{SCALE_EXTRA}'")
             return "postgresql+psycopg://" + url.split("://", 1)[1]
     return url
 
@@ -114,7 +120,11 @@ def redact(url: str) -> str:
 def make_celery(broker: str, *, visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT_S,
                 queue: str = DEFAULT_QUEUE) -> Celery:
     """The Celery app used by both sides (the server only sends; workers also register the task)."""
-    from celery import Celery
+    try:
+        from celery import Celery
+    except ImportError:
+        raise ConfigError("Scale-out (--broker, `lipdub worker`) needs Celery, which is not installed; install "
+                          f"it with: pip install '{SCALE_EXTRA}'") from None
 
     app = Celery("lipdub", broker=broker, set_as_current=False)
     vt = float(visibility_timeout)
