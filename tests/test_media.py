@@ -501,7 +501,7 @@ def test_the_studio_file_pickers_take_every_format_the_readme_lists() -> None:
 
     from gradio_client.utils import is_valid_file
 
-    from lipdub.web.ui import AUDIO_TYPES, FACE_TYPES
+    from lipdub.studio.web.ui import AUDIO_TYPES, FACE_TYPES
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     inputs = readme[readme.index("- **Inputs.**"):].split("\n- ")[0]

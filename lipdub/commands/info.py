@@ -7,7 +7,7 @@ import platform
 
 import typer
 
-from lipdub.cli import setup_logging
+from lipdub.logs import setup_logging
 
 log = logging.getLogger("lipdub")
 

@@ -17,7 +17,8 @@ import anyio
 import gradio as gr
 
 from lipdub.errors import InputError
-from lipdub.jobs.service import (
+from lipdub.media.limits import safe_name
+from lipdub.studio.jobs.service import (
     AUDIO,
     FACE,
     UI_UPLOAD_TTL_S,
@@ -27,10 +28,9 @@ from lipdub.jobs.service import (
     engine_names,
     quality_names,
 )
-from lipdub.jobs.store import DONE, FINISHED, Job
-from lipdub.media.limits import safe_name
-from lipdub.web.api import MAX_PAGE
-from lipdub.web.security import RateLimiter
+from lipdub.studio.jobs.store import DONE, FINISHED, Job
+from lipdub.studio.web.api import MAX_PAGE
+from lipdub.studio.web.security import RateLimiter
 
 log = logging.getLogger(__name__)
 
