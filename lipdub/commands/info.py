@@ -22,6 +22,7 @@ def register(app: typer.Typer) -> None:
         import mediapipe
         import numpy
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
         import lipdub
@@ -46,8 +47,10 @@ def register(app: typer.Typer) -> None:
             usable = cuda_unavailable_reason(torch) or f"{torch.cuda.device_count()} GPU(s) usable"
             table.add_row("CUDA", f"torch {build}; NVIDIA driver {driver or 'not found'}; {usable}")
         else:
-            table.add_row("CUDA", f"not available: PyTorch is not installed (needed for GPUs and the wav2lip "
-                                  f"engine: pip install '{TORCH_EXTRA}'); NVIDIA driver {driver or 'not found'}")
+            # escape: rich would read "[torch]" as markup and drop it
+            table.add_row("CUDA", escape(f"not available: PyTorch is not installed (needed for GPUs and the wav2lip "
+                                         f"engine: pip install '{TORCH_EXTRA}'); NVIDIA driver "
+                                         f"{driver or 'not found'}"))
         table.add_row("python", platform.python_version())
         for name, mod in (("av (FFmpeg)", av), ("opencv", cv2), ("mediapipe", mediapipe), ("numpy", numpy)):
             table.add_row(name, getattr(mod, "__version__", "?"))
