@@ -72,6 +72,18 @@ def main(argv: list[str] | None = None) -> int:
         os.close(fd)
     if not args.job or not args.token:
         ap.error("--job and --token are required (or --standby)")
+    from lipdub.studio.jobs.native_log import filter_native_noise
+
+    sys.stderr.flush()
+    restore_stderr = filter_native_noise()
+    try:
+        return _render(args)
+    finally:
+        sys.stderr.flush()
+        restore_stderr()
+
+
+def _render(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(levelname)s] %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr, force=True)
     for noisy in ("matplotlib", "PIL", "urllib3", "httpx", "absl", "jax"):

@@ -101,6 +101,17 @@ def engine_names() -> list[str]:
     return ["auto", *ENGINES]
 
 
+def missing_engine_note() -> str | None:
+    """What the engines that need torch lack in this install, in one sentence; None when nothing is missing."""
+    from lipdub.device import TORCH_EXTRA, torch_installed
+    from lipdub.render import TORCH_ENGINES
+
+    if torch_installed() or not TORCH_ENGINES:
+        return None
+    return (f"{', '.join(sorted(TORCH_ENGINES))} needs PyTorch, which is not installed here "
+            f"(pip install '{TORCH_EXTRA}').")
+
+
 def worker_devices(spec: str, device: Any, workers: int | None) -> list[str]:
     """The device each render worker uses, worker i taking entry i modulo the list's length.
 
@@ -316,6 +327,10 @@ class Studio:
         if (e := check_option(engine, "engine")) is not None:
             if e not in engine_names():
                 raise ValidationError(f"Unknown engine '{e}'; use one of: {', '.join(engine_names())}.", "engine")
+            from lipdub.render import TORCH_ENGINES
+
+            if e in TORCH_ENGINES and (note := missing_engine_note()):
+                raise ValidationError(note, "engine")
             opts["engine"] = e
         if (q := check_option(quality, "quality")) is not None:
             if q not in quality_names():
