@@ -21,14 +21,6 @@ app = typer.Typer(
 )
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """Log as ``[INFO] message`` on stderr; quiet the chatty libraries underneath."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="[%(levelname)s] %(message)s",
-                        stream=sys.stderr, force=True)
-    for noisy in ("matplotlib", "PIL", "urllib3", "httpx", "asyncio", "multipart", "jax", "absl"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def _register_commands() -> None:
     # Every module in lipdub/commands/ exposes register(app).
     for mod in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -25,6 +26,23 @@ log = logging.getLogger(__name__)
 MIN_FREE_GPU_BYTES = 1_500_000_000
 # How long the free-memory query of every GPU (a subprocess) may take before `auto` gives up on GPUs.
 GPU_QUERY_TIMEOUT_S = 120.0
+# The optional dependency that brings torch: the default engines render on the CPU without it.
+TORCH_EXTRA = "lipdub[torch]"
+
+
+def torch_installed() -> bool:
+    """True where torch can be imported; asked without importing it, which takes seconds."""
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def require_torch(what: str) -> None:
+    """Raise a one-line error naming the extra to install when ``what`` needs torch and it is missing."""
+    if not torch_installed():
+        raise DeviceError(f"{what} needs PyTorch, which is not installed; install it with: "
+                          f"pip install '{TORCH_EXTRA}'")
 
 
 @dataclass(frozen=True)
@@ -100,6 +118,8 @@ def select_device(spec: str = "auto", *, min_free_bytes: int = MIN_FREE_GPU_BYTE
     spec = (spec or "auto").strip().lower()
     if spec not in ("auto", "cpu", "cuda", "mps") and not (spec.startswith("cuda:") and spec[5:].isdigit()):
         raise DeviceError(f"Unknown device '{spec}'; use auto, cpu, cuda, cuda:N or mps.")
+    if spec not in ("auto", "cpu"):
+        require_torch(f"--device {spec}")
     device = _resolve(spec, min_free_bytes, in_process)
     configure_threads(device)
     if announce:
@@ -170,6 +190,8 @@ def _resolve(spec: str, min_free_bytes: int, in_process: bool) -> Device:
         return cpu_device()
     if spec != "mps" and _nvidia_driver_absent():
         return _on_cpu(spec, "no NVIDIA driver is installed (no /dev/nvidia* devices)")
+    if not torch_installed():  # only `auto` gets here: a GPU asked for by name is refused above
+        return _on_cpu(spec, f"PyTorch is not installed (pip install '{TORCH_EXTRA}' for GPUs)")
     import torch
 
     if spec == "mps":

@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 from studio_support import LOCAL, mp4_facts, need_media, short_audio, wait_job
 
-from lipdub.jobs.service import Settings
-from lipdub.web.app import create_app
+from lipdub.studio.jobs.service import Settings
+from lipdub.studio.web.app import create_app
 
 pytestmark = pytest.mark.timeout(1200)
 

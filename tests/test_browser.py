@@ -43,10 +43,29 @@ def _upload(page, elem_id: str, paths: list[Path]) -> None:
     page.locator(f"#{elem_id} input[type=file]").set_input_files([str(p) for p in paths])
 
 
+def _failed_job_with_a_long_error(data_dir: Path) -> tuple[str, str]:
+    """A failed job recorded before the server starts (so no worker takes it): its id and its error."""
+    from lipdub.studio.jobs.store import FAILED, JobStore, sqlite_url
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = JobStore(sqlite_url(data_dir / "lipdub.db"))
+    try:
+        store.add_upload("a" * 64 + ".wav", "long.wav", 1)
+        store.add_upload("f" * 64 + ".png", "long.png", 1)
+        job = store.create_job("a" * 64 + ".wav", "f" * 64 + ".png", audio_name="long.wav", face_name="long.png")
+        claimed = store.claim(job.id, "test")
+        error = "The render failed: " + " ".join(f"detail{i}" for i in range(150)) + " END-OF-ERROR."
+        store.finish(job.id, claimed.run_token, FAILED, error=error)
+    finally:
+        store.dispose()
+    return job.id, error
+
+
 def test_browser_single_batch_history(browser_page, tmp_path):
     page = browser_page
     photo, photo2, video = need_media("portrait_474.png", "portrait_624.jpg", "map_talk_844.mp4")
     speech = short_audio(tmp_path / "speech.wav", 2.5)
+    failed_id, long_error = _failed_job_with_a_long_error(tmp_path / "data")
     server = Server(tmp_path / "data").start()
     SHOTS.mkdir(parents=True, exist_ok=True)
     try:
@@ -54,6 +73,8 @@ def test_browser_single_batch_history(browser_page, tmp_path):
         banner = page.locator("#device-banner")
         banner.wait_for(timeout=60_000)
         assert "cpu" in banner.inner_text().lower()
+        assert page.title() == "lipdub studio"
+        assert page.locator("#studio-heading").inner_text() == "lipdub studio"
 
         # Single: a speech file and a real talking video, validated before submitting.
         broken = tmp_path / "broken.wav"
@@ -71,6 +92,8 @@ def test_browser_single_batch_history(browser_page, tmp_path):
         status = page.locator("#single-status").inner_text()
         assert "done" in status, status
         job_id = re.search(r"Job\s+(\w+)", status).group(1)
+        single_log = page.evaluate("async (u) => (await fetch(u)).text()", f"/api/v1/jobs/{job_id}/log")
+        assert "Done" in single_log and "Feedback manager" not in single_log, single_log
         page.screenshot(path=str(SHOTS / "single.png"), full_page=True)
 
         # Batch: one speech x two photos, with per-item progress and a zip.
@@ -90,9 +113,25 @@ def test_browser_single_batch_history(browser_page, tmp_path):
         page.get_by_role("tab", name="History").click()
         page.locator("#history-table").get_by_text(job_id).wait_for(timeout=60_000)
         assert page.locator("#history-gallery img").count() >= 3
-        page.locator("#history-player video").wait_for(timeout=60_000)
+        player = page.locator("#history-player video")
+        player.wait_for(timeout=60_000)
+        # Not black before it is played: the poster is the result's first frame.
+        poster = player.get_attribute("poster")
+        assert poster and page.evaluate("async (u) => (await fetch(u)).status", poster) == 200
         assert page.evaluate(PLAYS, "#history-player video") > 0
         assert "Done" in page.locator("#history-log textarea").input_value()
+        # Cancel on a finished job says so.
+        page.get_by_role("button", name="Cancel job").click()
+        page.locator("#history-info").get_by_text("Nothing to cancel").wait_for(timeout=30_000)
+        # A long error stays within the table (cut short there) and is shown whole in the job's details.
+        table = page.locator("#history-table")
+        table.get_by_text(failed_id).wait_for(timeout=30_000)
+        assert "END-OF-ERROR" not in table.inner_text()
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 1360
+        page.locator("#history-job input").fill(failed_id)
+        page.locator("#history-job input").press("Enter")
+        page.locator("#history-info").get_by_text("END-OF-ERROR").wait_for(timeout=30_000)
+        assert long_error.split(": ", 1)[1][:200] in page.locator("#history-info").inner_text()
         assert "Disk:" in page.locator("#history-usage").inner_text()
         page.locator("#history-batch-zip a", has_text="as zip").wait_for(timeout=30_000)
         page.screenshot(path=str(SHOTS / "history.png"), full_page=True)

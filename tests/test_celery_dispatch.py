@@ -7,17 +7,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from lipdub.jobs.celery_dispatch import (
-    TASK_NAME,
-    CeleryDispatcher,
-    OutboxRow,
-    heartbeat,
-    make_celery,
-    normalize_db_url,
-    redact,
-    take_over,
-)
-from lipdub.jobs.store import MAX_ATTEMPTS, JobRow, JobStore, sqlite_url, utcnow
+from lipdub.studio.jobs.store import MAX_ATTEMPTS, JobRow, JobStore, sqlite_url, utcnow
+from lipdub.studio.scaleout.celery_app import TASK_NAME, make_celery
+from lipdub.studio.scaleout.dispatcher import CeleryDispatcher
+from lipdub.studio.scaleout.outbox import OutboxRow
+from lipdub.studio.scaleout.takeover import heartbeat, take_over
+from lipdub.studio.scaleout.urls import normalize_db_url, redact
 
 
 @pytest.fixture
@@ -158,15 +153,14 @@ def test_urls():
     assert normalize_db_url("postgresql://u@h/db").startswith("postgresql")
 
 
-def test_render_task_retries_while_owned_and_skips_when_finished(store, tmp_path, monkeypatch):
+def test_render_task_retries_while_owned_and_skips_when_finished(store, tmp_path):
     from celery.exceptions import Retry
 
-    from lipdub.jobs import celery_dispatch as cd
-    from lipdub.jobs.storage import LocalStorage
+    from lipdub.studio.jobs.storage import LocalStorage
+    from lipdub.studio.scaleout.worker import WorkerContext, register_task
 
     app = make_celery("memory://")
-    task = cd.register_task(app)
-    monkeypatch.setattr(cd, "_context", cd.WorkerContext(store, LocalStorage(tmp_path / "s"), "cpu", "w2"))
+    task = register_task(app, WorkerContext(store, LocalStorage(tmp_path / "s"), "cpu", "w2"))
     jid = _job(store)
     owner = take_over(store, jid, "w1")
     with pytest.raises(Retry):  # a live worker owns it: look again later, do not drop the message

@@ -17,7 +17,7 @@ from service_support import ServiceUnavailable, postgres_server, redis_server
 from sqlalchemy import select
 from studio_support import mp4_facts, need_media, short_audio, wait_job
 
-from lipdub.jobs.store import JobRow, JobStore
+from lipdub.studio.jobs.store import JobRow, JobStore
 
 pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -250,7 +250,7 @@ def test_concurrent_deliveries_on_postgres_only_one_renders(pg_url):
     """Two workers receiving the same job at once (a redelivery race): exactly one gets to run it."""
     import threading
 
-    from lipdub.jobs.celery_dispatch import take_over
+    from lipdub.studio.scaleout.takeover import take_over
 
     store = JobStore(pg_url)
     try:

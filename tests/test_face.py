@@ -45,7 +45,7 @@ def test_no_jump_when_the_tracking_window_is_first_set(tmp_path, name: str) -> N
 def test_close_up_face_runs_the_mesh_once_per_frame(tmp_path, monkeypatch) -> None:
     """A face that fills most of the frame's height (a typical close-up) sits near the top and bottom
     edges of any window around it. Those edges are the frame's own, so the window must stay put: a
-    window that moves runs the mesh twice on that frame (once used to happen on every frame)."""
+    window that moves runs the mesh twice on that frame, and a close-up would move it on every frame."""
     src = probe(media("katie_talk_512.mp4"))
     clip = tmp_path / "wide_close_up.mp4"
     with av.open(str(clip), "w") as out:
@@ -103,9 +103,9 @@ def test_main_face_is_largest_and_central_then_kept() -> None:
 
 @needs_media
 def test_a_speaker_hidden_for_a_moment_gets_the_main_face_back(tmp_path) -> None:
-    """Someone else in view while the speaker is hidden for three frames: the main face used to stay on
-    that other person for the rest of the video, and the smoothing slid the landmarks across the gap
-    between the two faces (a warped jaw pasted half off the speaker's face)."""
+    """Someone else in view while the speaker is hidden for three frames: the main face must come back to
+    the speaker, not stay on that other person for the rest of the video, and the smoothing must not
+    slide the landmarks across the gap between the two faces (a warped jaw pasted half off the face)."""
     import cv2
 
     other = cv2.resize(cv2.cvtColor(cv2.imread(str(media("portrait_474.png"))), cv2.COLOR_BGR2RGB), (420, 420))

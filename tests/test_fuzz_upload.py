@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from studio_support import LOCAL, NoRender, need_media
 
-from lipdub.jobs.service import Settings, Studio
-from lipdub.web.app import create_app
+from lipdub.studio.jobs.service import Settings, Studio
+from lipdub.studio.web.app import create_app
 
 pytestmark = pytest.mark.timeout(300)
 

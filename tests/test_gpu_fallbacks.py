@@ -159,10 +159,10 @@ def test_retrieval_after_a_cuda_failure_renders_on_the_cpu_once_and_says_so(
 
 def test_the_result_and_the_job_record_say_which_device_rendered_what(
         short_template: tuple, fake_gpu: dict, tmp_path: Path) -> None:
-    from lipdub.jobs.runner import run_job
-    from lipdub.jobs.storage import LocalStorage
-    from lipdub.jobs.store import DONE, JobStore, sqlite_url
     from lipdub.pipeline import generate
+    from lipdub.studio.jobs.runner import run_job
+    from lipdub.studio.jobs.storage import LocalStorage
+    from lipdub.studio.jobs.store import DONE, JobStore, sqlite_url
 
     info, _ = short_template
     calls = [0]
@@ -247,8 +247,8 @@ def test_nvenc_is_opened_on_the_renders_gpu_and_a_failure_gives_ffmpegs_reason(
 
 def test_the_studio_maps_its_workers_to_the_gpus_asked_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import lipdub.device as device_mod
-    from lipdub.jobs import service
-    from lipdub.jobs.service import Settings, Studio
+    from lipdub.studio.jobs import service
+    from lipdub.studio.jobs.service import Settings, Studio
 
     asked: list[tuple[str, bool]] = []
 
@@ -304,8 +304,8 @@ def test_an_engine_that_renders_with_opencv_says_cpu_even_on_a_gpu_job(tmp_path:
 def test_a_celery_worker_renders_on_its_resolved_gpu_and_holds_no_context(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     import lipdub.device as device_mod
-    from lipdub.jobs import celery_dispatch
-    from lipdub.jobs.store import sqlite_url
+    from lipdub.studio.jobs.store import sqlite_url
+    from lipdub.studio.scaleout import worker
 
     asked: list[bool] = []
 
@@ -320,12 +320,12 @@ def test_a_celery_worker_renders_on_its_resolved_gpu_and_holds_no_context(tmp_pa
             App.argv = argv
 
     monkeypatch.setattr(device_mod, "select_device", select)
-    monkeypatch.setattr(celery_dispatch, "make_celery", lambda *a, **kw: App())
-    monkeypatch.setattr(celery_dispatch, "register_task", lambda app: None)
-    monkeypatch.setattr(celery_dispatch, "_context", None)
-    celery_dispatch.run_worker("redis://127.0.0.1:1/0", sqlite_url(tmp_path / "jobs.db"), str(tmp_path / "storage"),
-                               device="auto")
-    assert celery_dispatch._context is not None and celery_dispatch._context.device == "cuda:1"
+    registered: list = []
+    monkeypatch.setattr(worker, "make_celery", lambda *a, **kw: App())
+    monkeypatch.setattr(worker, "register_task", lambda app, ctx: registered.append(ctx))
+    worker.run_worker("redis://127.0.0.1:1/0", sqlite_url(tmp_path / "jobs.db"), str(tmp_path / "storage"),
+                      device="auto")
+    assert len(registered) == 1 and registered[0].device == "cuda:1"
     assert asked == [False]  # the supervising worker holds no CUDA context; its render children do the work
     assert any("lipdub-cuda1-" in a for a in App.argv)
 

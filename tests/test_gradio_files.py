@@ -211,8 +211,8 @@ def test_each_layer_refuses_a_file_the_page_did_not_upload(tmp_path) -> None:
     from fastapi.testclient import TestClient
     from studio_support import LOCAL, NoRender
 
-    from lipdub.jobs.service import Settings, Studio
-    from lipdub.web.app import create_app
+    from lipdub.studio.jobs.service import Settings, Studio
+    from lipdub.studio.web.app import create_app
 
     secret = short_audio(tmp_path / "secret.wav", 1.0)
     settings = Settings(data_dir=tmp_path / "d", device="cpu", workers=1)

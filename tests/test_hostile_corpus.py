@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from hostile_corpus import Case, build
 from studio_support import LOCAL, NoRender, short_audio
 
-from lipdub.jobs.service import Settings, Studio
-from lipdub.web.app import create_app
+from lipdub.studio.jobs.service import Settings, Studio
+from lipdub.studio.web.app import create_app
 
 pytestmark = [needs_media, pytest.mark.timeout(600)]
 

@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from studio_support import LOCAL, need_media, short_audio, wait_job
 
-from lipdub.jobs.runner import default_workers
-from lipdub.jobs.service import Settings
-from lipdub.web.app import create_app
+from lipdub.studio.jobs.runner import default_workers
+from lipdub.studio.jobs.service import Settings
+from lipdub.studio.web.app import create_app
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -62,7 +62,7 @@ def test_killing_a_render_kills_what_it_started(monkeypatch, process_groups: boo
 
     import psutil
 
-    from lipdub.jobs import runner
+    from lipdub.studio.jobs import runner
 
     code = ("import subprocess, sys, time; "
             "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
@@ -88,7 +88,7 @@ def test_killing_a_render_kills_what_it_started(monkeypatch, process_groups: boo
 
 def _run_next(studio) -> str:
     """Claim the next queued job and render it in this process, as a render child does."""
-    from lipdub.jobs.runner import run_job
+    from lipdub.studio.jobs.runner import run_job
 
     job = studio.store.claim_next("test")
     return run_job(job.id, studio.store, studio.storage, token=job.run_token, device="cpu")
@@ -103,8 +103,8 @@ def test_a_render_keeps_the_servers_limits_and_the_users_file_names(tmp_path, mo
     from studio_support import NoRender
 
     import lipdub.pipeline
-    from lipdub.jobs.service import AUDIO, FACE, Studio
     from lipdub.media.limits import Limits
+    from lipdub.studio.jobs.service import AUDIO, FACE, Studio
 
     (photo,) = need_media("portrait_474.png")
     audio = short_audio(tmp_path / "speech.wav", 3.0)
@@ -130,8 +130,8 @@ def test_a_job_that_cannot_be_started_fails_and_the_worker_goes_on(tmp_path, mon
     with its job claimed, so that job stayed "running" and every later one "queued" until a restart."""
     import errno
 
-    from lipdub.jobs.runner import LocalDispatcher
-    from lipdub.jobs.service import AUDIO, FACE, Studio
+    from lipdub.studio.jobs.runner import LocalDispatcher
+    from lipdub.studio.jobs.service import AUDIO, FACE, Studio
 
     (photo,) = need_media("portrait_474.png")
     audio = short_audio(tmp_path / "speech.wav", 1.0)
@@ -169,7 +169,7 @@ def test_a_database_hiccup_does_not_orphan_a_running_render(tmp_path, monkeypatc
     or acknowledged and stuck (Celery)."""
     from sqlalchemy.exc import OperationalError
 
-    from lipdub.jobs.service import AUDIO, FACE, Studio
+    from lipdub.studio.jobs.service import AUDIO, FACE, Studio
 
     (photo,) = need_media("portrait_474.png")
     audio = short_audio(tmp_path / "speech.wav", 2.0)
@@ -198,9 +198,9 @@ def test_a_running_job_that_nobody_renders_is_taken_back(tmp_path):
     pool's own live render, which is quiet for longer than the stale time, is never taken for dead."""
     from sqlalchemy import update
 
-    from lipdub.jobs.runner import LocalDispatcher
-    from lipdub.jobs.service import AUDIO, FACE, Studio
-    from lipdub.jobs.store import RUNNING, JobRow
+    from lipdub.studio.jobs.runner import LocalDispatcher
+    from lipdub.studio.jobs.service import AUDIO, FACE, Studio
+    from lipdub.studio.jobs.store import RUNNING, JobRow
 
     (photo,) = need_media("portrait_474.png")
     audio = short_audio(tmp_path / "speech.wav", 2.0)

@@ -9,9 +9,9 @@ from datetime import timedelta
 import pytest
 from studio_support import need_media
 
-from lipdub.jobs.service import Settings, Studio
-from lipdub.jobs.storage import LocalStorage, UploadTooLarge
-from lipdub.jobs.store import (
+from lipdub.studio.jobs.service import Settings, Studio
+from lipdub.studio.jobs.storage import LocalStorage, UploadTooLarge
+from lipdub.studio.jobs.store import (
     CANCELLED,
     DONE,
     FAILED,
@@ -148,7 +148,7 @@ def test_uploads_are_kept_while_a_job_uses_them_and_retention(tmp_path):
         tok = studio.store.claim_next("w").run_token
         studio.store.finish(j2.id, tok, DONE)
         with studio.store.session() as s:
-            from lipdub.jobs.store import JobRow
+            from lipdub.studio.jobs.store import JobRow
 
             s.get(JobRow, j2.id).finished_at = utcnow() - timedelta(days=2)
         assert studio.apply_retention() == [j2.id]

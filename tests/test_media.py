@@ -343,8 +343,8 @@ def test_output_carries_the_colour_tags_of_its_frames(tmp_path) -> None:
 @pytest.mark.parametrize(("name", "rate"), [("en_radio_8s.wav", 16000), ("en_speech_12s.wav", 48000)])
 def test_output_speech_starts_with_the_video(tmp_path, name: str, rate: int) -> None:
     """The output's speech lines up with the input's to the sample: the AAC encoder's priming delay
-    (1024 samples) is hidden by an edit list, as players expect. It used to play, and every output's
-    speech came 21 ms (48 kHz) to 64 ms (16 kHz) behind the lips."""
+    (1024 samples) is hidden by an edit list, as players expect. Played, it puts the speech 21 ms
+    (48 kHz) to 64 ms (16 kHz) behind the lips."""
     from lipdub.media.encode import VideoWriter
 
     src = cut_audio(media(name), tmp_path / "speech.wav", 2.0)
@@ -501,7 +501,7 @@ def test_the_studio_file_pickers_take_every_format_the_readme_lists() -> None:
 
     from gradio_client.utils import is_valid_file
 
-    from lipdub.web.ui import AUDIO_TYPES, FACE_TYPES
+    from lipdub.studio.web.ui import AUDIO_TYPES, FACE_TYPES
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     inputs = readme[readme.index("- **Inputs.**"):].split("\n- ")[0]

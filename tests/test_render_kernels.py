@@ -104,7 +104,7 @@ def _psnr_where(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> tuple[float, 
 
 def test_gpu_precision_samples_in_float32_and_matches_the_cpu_reference_on_wide_sources() -> None:
     """The CUDA policy, computed here as CUDA computes it (half inputs, float32 arithmetic), against the
-    float32 CPU reference on sources 1920 and 3840 px wide. The old policy (an FP16 grid) is shown
+    float32 CPU reference on sources 1920 and 3840 px wide. An FP16 grid is shown
     failing the same bar: its coordinates land up to (W - 1) / 8192 px off."""
     import torch
 

@@ -63,7 +63,7 @@ def test_kill_9_mid_job_then_restart_completes_it(tmp_path):
 
 
 def test_graceful_stop_requeues_instead_of_cancelling(tmp_path):
-    from lipdub.jobs.store import QUEUED, JobStore, sqlite_url
+    from lipdub.studio.jobs.store import QUEUED, JobStore, sqlite_url
 
     (photo,) = need_media("portrait_474.png")
     audio = short_audio(tmp_path / "speech.wav", 3.0)

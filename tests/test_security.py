@@ -16,11 +16,11 @@ from fastapi.testclient import TestClient
 from studio_support import LOCAL, NoRender, need_media, short_audio, wait_job
 
 from lipdub.errors import ConfigError
-from lipdub.jobs.runner import LocalDispatcher
-from lipdub.jobs.service import Settings, Studio
 from lipdub.media.limits import safe_name
-from lipdub.web.app import create_app
-from lipdub.web.security import TOKEN_FILE, parse_auth
+from lipdub.studio.jobs.runner import LocalDispatcher
+from lipdub.studio.jobs.service import Settings, Studio
+from lipdub.studio.web.app import create_app
+from lipdub.studio.web.security import TOKEN_FILE, parse_auth
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -274,8 +274,8 @@ def test_full_disk_gives_a_clear_error_and_leaves_nothing(tmp_path, inputs, monk
     import errno
 
     import lipdub
-    import lipdub.jobs.storage as storage_mod
-    from lipdub.jobs.runner import run_job
+    import lipdub.studio.jobs.storage as storage_mod
+    from lipdub.studio.jobs.runner import run_job
 
     def no_space(_fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")

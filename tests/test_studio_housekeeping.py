@@ -14,9 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 from studio_support import LOCAL, NoRender, need_media, short_audio
 
-from lipdub.jobs.service import STALE_TMP_S, Settings, Studio
-from lipdub.jobs.store import DONE
-from lipdub.web.app import create_app
+from lipdub.studio.jobs.service import STALE_TMP_S, Settings, Studio
+from lipdub.studio.jobs.store import DONE
+from lipdub.studio.web.app import create_app
 
 
 @pytest.fixture()
@@ -53,7 +53,7 @@ def test_refused_requests_store_no_upload(studio, tmp_path):
 
 def _done_job(studio: Studio, tmp_path) -> str:
     (photo,) = need_media("portrait_474.png")
-    from lipdub.jobs.service import AUDIO, FACE
+    from lipdub.studio.jobs.service import AUDIO, FACE
 
     a = studio.add_upload_path(short_audio(tmp_path / "speech.wav", 1.0), AUDIO)
     job = studio.submit(a, studio.add_upload_path(photo, FACE))
@@ -116,7 +116,7 @@ def test_start_clears_only_stale_temporary_files(studio):
 
 
 def _same_inputs(studio: Studio, tmp_path):
-    from lipdub.jobs.service import AUDIO, FACE
+    from lipdub.studio.jobs.service import AUDIO, FACE
 
     (photo,) = need_media("portrait_474.png")
     audio = short_audio(tmp_path / "speech.wav", 1.0)
@@ -142,7 +142,7 @@ def test_deleting_a_job_while_another_request_uploads_the_same_files(studio, tmp
 def test_deleting_a_job_while_another_request_checks_the_same_file(studio, tmp_path, monkeypatch):
     """A's delete lands while B's upload of the same photo is being checked: B's check found no file and
     refused the user's photo."""
-    from lipdub.jobs import service
+    from lipdub.studio.jobs import service
 
     audio, face = _same_inputs(studio, tmp_path)
     old = studio.submit(audio(), face())

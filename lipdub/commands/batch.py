@@ -54,9 +54,9 @@ def register(app: typer.Typer) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         import lipdub
-        from lipdub.cli import setup_logging
         from lipdub.errors import InputError, LipdubError
-        from lipdub.jobs.service import AUDIO, FACE, ValidationError, check_media
+        from lipdub.logs import setup_logging
+        from lipdub.studio.jobs.service import AUDIO, FACE, ValidationError, check_media
 
         setup_logging(verbose)
         audios, faces = _expand(audio), _expand(face)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from lipdub.cli import setup_logging
+from lipdub.logs import setup_logging
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lipdub.cli import setup_logging
 from lipdub.commands._limits import MAX_AUDIO_S, MAX_SIDE, MAX_SIZE_MB, MAX_VIDEO_S, limits_from
+from lipdub.logs import setup_logging
 
 log = logging.getLogger("lipdub")
 

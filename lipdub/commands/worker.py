@@ -22,8 +22,8 @@ def register(app: typer.Typer) -> None:
         verbose: bool = typer.Option(False, "--verbose", "-v"),
     ) -> None:
         """Render jobs from the studio's Celery queue, one at a time, on one device."""
-        from lipdub.cli import setup_logging
-        from lipdub.jobs.celery_dispatch import run_worker
+        from lipdub.logs import setup_logging
+        from lipdub.studio.scaleout.worker import run_worker
 
         setup_logging(verbose)
         run_worker(broker, db, storage, device=device, queue=queue, visibility_timeout=visibility_timeout,

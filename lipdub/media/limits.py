@@ -6,12 +6,19 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from lipdub.errors import InputError
 
-if TYPE_CHECKING:
-    from lipdub.media.probe import MediaInfo
+
+class ProbedMedia(Protocol):
+    """What the checks read of a probed file (lipdub.media.probe.MediaInfo, which itself uses these limits)."""
+
+    kind: str
+    has_audio: bool
+    duration: float
+    width: int
+    height: int
 
 MB = 1024 * 1024
 
@@ -55,7 +62,7 @@ def check_picture_size(name: str, width: int, height: int, limits: Limits) -> No
                          "(scale it down first).")
 
 
-def check_audio(info: MediaInfo, name: str, limits: Limits) -> None:
+def check_audio(info: ProbedMedia, name: str, limits: Limits) -> None:
     """``info`` must carry the speech: a sound track of a sensible length."""
     if not info.has_audio:
         raise InputError(f"{name} has no sound track; give a speech recording (wav, mp3, m4a, ...) "
@@ -67,7 +74,7 @@ def check_audio(info: MediaInfo, name: str, limits: Limits) -> None:
         raise InputError(f"{name} lasts {_hms(info.duration)}; the limit is {_hms(limits.max_audio_s)} of speech.")
 
 
-def check_face(info: MediaInfo, name: str, limits: Limits) -> None:
+def check_face(info: ProbedMedia, name: str, limits: Limits) -> None:
     """``info`` must be a picture of a person: a video or a photo, of a sensible size and length."""
     if info.kind not in ("video", "image"):
         raise InputError(f"{name} holds no picture: it is {info.kind}, not a video or photo of a person.")

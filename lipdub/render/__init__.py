@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from lipdub.device import Device
+from lipdub.device import Device, require_torch
 from lipdub.errors import LipdubError
 from lipdub.face.avatar import Avatar
 from lipdub.render.base import FrameTask, RenderContext, RenderedCrop, Renderer
@@ -18,6 +18,9 @@ ENGINES: dict[str, str] = {
     "wav2lip": "lipdub.render.wav2lip.engine:Wav2LipRenderer",
 }
 
+# Engines that run a torch model: asking for one without torch installed fails at once, before any analysis.
+TORCH_ENGINES = {"wav2lip"}
+
 # Order in which `--engine auto` tries engines; the first whose suits(avatar) is true wins.
 AUTO_ORDER = ["retrieval", "warp"]
 
@@ -27,6 +30,8 @@ def engine_class(name: str) -> type[Renderer]:
         target = ENGINES[name]
     except KeyError:
         raise LipdubError(f"Unknown engine '{name}'; use auto or one of: {', '.join(ENGINES)}.") from None
+    if name in TORCH_ENGINES:
+        require_torch(f"The {name} engine")
     module, cls = target.split(":")
     return getattr(importlib.import_module(module), cls)
 

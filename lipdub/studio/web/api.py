@@ -12,8 +12,8 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
-from lipdub.jobs.service import AUDIO, FACE, MAX_ZIP_JOBS, Studio, Upload, ValidationError
-from lipdub.jobs.store import DONE, FINISHED, Job
+from lipdub.studio.jobs.service import AUDIO, FACE, MAX_ZIP_JOBS, Studio, Upload, ValidationError
+from lipdub.studio.jobs.store import DONE, FINISHED, Job
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def error_handlers() -> dict[Any, Any]:
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from lipdub.jobs.service import DiskFull
+    from lipdub.studio.jobs.service import DiskFull
 
     return {ValidationError: validation_error_handler, RequestValidationError: request_validation_handler,
             StarletteHTTPException: http_error_handler, DiskFull: lambda _r, e: _error(507, str(e))}

@@ -21,7 +21,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from lipdub.jobs.store import QUEUED, JobStore
+from lipdub.studio.jobs.store import QUEUED, JobStore
 
 log = logging.getLogger(__name__)
 

@@ -247,7 +247,7 @@ class JobStore:
         """Drop the upload's row (and, through ``remove_file``, its file) unless a job uses it; True when it
         was dropped. The file goes inside the transaction that drops the row: a request recording a job
         on the same content either comes first (and the upload stays) or finds both gone and puts
-        them back (:meth:`lipdub.jobs.service.Studio.submit`)."""
+        them back (:meth:`lipdub.studio.jobs.service.Studio.submit`)."""
         try:
             with self.session() as s:
                 used = s.scalar(select(func.count()).select_from(JobRow)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -12,8 +13,10 @@ from typing import Any
 from fastapi import FastAPI
 
 from lipdub import __version__
-from lipdub.jobs.service import Settings, Studio
-from lipdub.web.security import is_loopback
+from lipdub.errors import LipdubError
+from lipdub.studio.jobs.service import Studio
+from lipdub.studio.settings import Settings
+from lipdub.studio.web.security import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +27,7 @@ UI_EVENTS = 1000
 def create_app(settings: Settings, studio: Studio | None = None) -> FastAPI:
     """Build the app; the worker pool starts with the app (lifespan) and stops with it."""
     studio = studio or Studio.from_settings(settings)
-    from lipdub.web.security import RateLimiter, resolve_auth
+    from lipdub.studio.web.security import RateLimiter, resolve_auth
 
     # Before anything is mounted: a refused setting stops the start with its sentence.
     auth = resolve_auth(settings.auth, settings.host, studio.storage.root)
@@ -43,7 +46,7 @@ def create_app(settings: Settings, studio: Studio | None = None) -> FastAPI:
                               "their progress, download results; the web UI lives at `/`. Every error is "
                               '`{"detail": "<one sentence>", "field": "<form field or empty>"}`.')
     app.state.studio = studio
-    from lipdub.web.api import error_handlers, router
+    from lipdub.studio.web.api import error_handlers, router
 
     app.include_router(router)
     for exc, handler in error_handlers().items():
@@ -67,7 +70,7 @@ def _mount_ui(app: FastAPI, settings: Settings, studio: Studio, limiter: Any) ->
     os.environ["GRADIO_TEMP_DIR"] = str(studio.storage.ui_dir)
     import gradio as gr
 
-    from lipdub.web.ui import CSS, build_ui
+    from lipdub.studio.web.ui import CSS, build_ui
 
     demo = build_ui(studio, limiter=limiter)
     demo.queue(default_concurrency_limit=None)
@@ -90,7 +93,7 @@ def _mount_ui(app: FastAPI, settings: Settings, studio: Studio, limiter: Any) ->
 def _private_paths(settings: Settings, studio: Studio) -> list[Path]:
     """What Gradio must never open, copy or serve, whatever a request or a handler names."""
     from lipdub.face.avatar import default_cache_root
-    from lipdub.web.security import TOKEN_FILE
+    from lipdub.studio.web.security import TOKEN_FILE
 
     root = studio.storage.root
     paths = [root / "uploads", root / "tmp", root / TOKEN_FILE, default_cache_root()]
@@ -106,7 +109,7 @@ def _guard(app: FastAPI, settings: Settings, auth: Any, limiter: Any, ui_dir: Pa
     UI); CORS only when asked for."""
     from fastapi.middleware.cors import CORSMiddleware
 
-    from lipdub.web.security import Guard, RateLimiter, allowed_host_names
+    from lipdub.studio.web.security import Guard, RateLimiter, allowed_host_names
 
     # Always present, even with no origin allowed: Gradio stands its own CORS aside only when the parent
     # app has one, and Gradio's reflects any Origin as soon as the Host is not localhost.
@@ -133,3 +136,17 @@ def serve(settings: Settings) -> None:
     log.info("Serving on http://%s:%d (API docs at /docs)", settings.host, settings.port)
     # log_config=None: uvicorn logs through our root handler, in our format.
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    """Parse the server's options and serve until Ctrl-C; a refused setting is one line, no traceback."""
+    from lipdub.logs import setup_logging
+    from lipdub.studio.settings import settings_from_args
+
+    settings, verbose = settings_from_args(argv, prog)
+    setup_logging(verbose)
+    try:
+        serve(settings)
+    except LipdubError as e:
+        logging.getLogger("lipdub").error("%s", e)
+        sys.exit(e.exit_code)

@@ -17,7 +17,8 @@ import anyio
 import gradio as gr
 
 from lipdub.errors import InputError
-from lipdub.jobs.service import (
+from lipdub.media.limits import safe_name
+from lipdub.studio.jobs.service import (
     AUDIO,
     FACE,
     UI_UPLOAD_TTL_S,
@@ -25,12 +26,12 @@ from lipdub.jobs.service import (
     ValidationError,
     check_media,
     engine_names,
+    missing_engine_note,
     quality_names,
 )
-from lipdub.jobs.store import DONE, FINISHED, Job
-from lipdub.media.limits import safe_name
-from lipdub.web.api import MAX_PAGE
-from lipdub.web.security import RateLimiter
+from lipdub.studio.jobs.store import DONE, FINISHED, Job
+from lipdub.studio.web.api import MAX_PAGE
+from lipdub.studio.web.security import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,9 @@ AUDIO_TYPES = [".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus", ".wma",
                *VIDEO_EXTENSIONS]  # a video's sound track is speech too
 FACE_TYPES = ["video", "image", *VIDEO_EXTENSIONS, ".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"]
 PAGE_SIZE = 12
+# A failed job's status cell shows this much of its error (the job's details show the rest): a long error
+# otherwise widens the History table until its columns leave the screen.
+TABLE_TEXT_CHARS = 80
 T = TypeVar("T")
 
 CSS = """
@@ -52,6 +56,9 @@ CSS = """
 .lipdub-videos figure {margin: 0; width: 260px;}
 .lipdub-videos video {width: 260px; border-radius: 6px; background: #000;}
 .lipdub-videos figcaption {font-size: 12px; word-break: break-all;}
+.lipdub-heading {margin: 4px 0 0 0; font-size: 1.6em;}
+.lipdub-tagline {margin: 0 0 6px 0; opacity: 0.8;}
+#history-table td {white-space: normal; overflow-wrap: anywhere;}
 """
 
 
@@ -84,9 +91,16 @@ def _status_line(job: Job) -> str:
     return job.status
 
 
+def _shorten(text: str, limit: int = TABLE_TEXT_CHARS) -> str:
+    """A table cell's text cut to ``limit`` characters; the job's details below the table show it whole."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 def _player(job: Job, width: int = 512) -> str:
     src = f"/api/v1/jobs/{job.id}/result"
+    # The poster: without it a browser shows black until the video is played (preload=metadata decodes no frame).
     return (f"<video id='result-{job.id}' class='lipdub-result' src='{src}' controls preload='metadata' "
+            f"poster='/api/v1/jobs/{job.id}/thumbnail' "
             f"style='max-width:{width}px;width:100%;border-radius:8px;background:#000'></video>"
             f"<div><a href='{src}' download>Download MP4</a> &middot; "
             f"<a href='/api/v1/jobs/{job.id}/log' target='_blank'>Log</a></div>")
@@ -96,7 +110,8 @@ def _grid(jobs: list[Job]) -> str:
     cells = []
     for j in jobs:
         name = html.escape(f"{j.batch_index + 1}. {j.face_name} + {j.audio_name}")
-        body = (f"<video src='/api/v1/jobs/{j.id}/result' controls preload='metadata'></video>"
+        body = (f"<video src='/api/v1/jobs/{j.id}/result' poster='/api/v1/jobs/{j.id}/thumbnail' controls "
+                "preload='metadata'></video>"
                 if j.status == DONE else f"<div>{html.escape(_status_line(j))}</div>")
         cells.append(f"<figure>{body}<figcaption>{name}</figcaption></figure>")
     return f"<div class='lipdub-videos'>{''.join(cells)}</div>"
@@ -162,6 +177,8 @@ def build_ui(studio: Studio, limiter: RateLimiter | None = None) -> gr.Blocks:
     # storage; it forgets it after the same hour as the studio forgets unused uploads.
     with gr.Blocks(title="lipdub studio", analytics_enabled=False,
                    delete_cache=(600, int(UI_UPLOAD_TTL_S))) as demo:
+        gr.HTML("<h1 id='studio-heading' class='lipdub-heading'>lipdub studio</h1>"
+                "<p class='lipdub-tagline'>Make the person in a video or photo speak a recording.</p>")
         gr.HTML(_banner(studio))
         with gr.Tabs():
             _single_tab(studio, demo, limiter)
@@ -185,7 +202,7 @@ def _single_tab(studio: Studio, demo: gr.Blocks, limiter: RateLimiter | None) ->
                 face_msg = gr.Markdown(elem_id="single-face-msg")
                 with gr.Row():
                     quality = gr.Radio(quality_names(), value="balanced", label="Quality")
-                    engine = gr.Dropdown(engine_names(), value="auto", label="Engine")
+                    engine = gr.Dropdown(engine_names(), value="auto", label="Engine", info=missing_engine_note())
                     moving = gr.Checkbox(True, label="Photos: move the head slightly")
                 go = gr.Button("Generate", variant="primary", elem_id="single-generate")
             with gr.Column():
@@ -282,7 +299,7 @@ def _batch_tab(studio: Studio, demo: gr.Blocks, limiter: RateLimiter | None) -> 
                 check = gr.Markdown(elem_id="batch-check")
                 with gr.Row():
                     quality = gr.Radio(quality_names(), value="balanced", label="Quality")
-                    engine = gr.Dropdown(engine_names(), value="auto", label="Engine")
+                    engine = gr.Dropdown(engine_names(), value="auto", label="Engine", info=missing_engine_note())
                     moving = gr.Checkbox(True, label="Photos: move the head slightly")
                 go = gr.Button("Generate batch", variant="primary", elem_id="batch-generate")
             with gr.Column():
@@ -406,7 +423,8 @@ def _history_tab(studio: Studio, demo: gr.Blocks) -> None:
                 jobs, total = studio.store.list(p, PAGE_SIZE)
             done = [j for j in jobs if j.status == DONE and studio.storage.thumbnail_path(j.id).exists()]
             thumbs = [(str(studio.storage.thumbnail_path(j.id)), f"{j.id} · {j.face_name}") for j in done]
-            rows = [[j.id, j.created_at.strftime("%Y-%m-%d %H:%M:%S"), _status_line(j), j.face_name, j.audio_name,
+            rows = [[j.id, j.created_at.strftime("%Y-%m-%d %H:%M:%S"), _shorten(_status_line(j)), j.face_name,
+                     j.audio_name,
                      f"{(j.result or {}).get('duration', 0):.1f} s" if j.status == DONE else "",
                      j.batch_id or ""] for j in jobs]
             ids = [j.id for j in jobs]
@@ -444,8 +462,14 @@ def _history_tab(studio: Studio, demo: gr.Blocks) -> None:
         gallery.select(pick_from_gallery, page_state, job_pick)
 
         def cancel(job_id: str | None) -> tuple[str, str, str]:
-            if job_id:
-                studio.cancel(job_id)
+            job = studio.store.get(job_id) if job_id else None
+            if job is None:
+                return "Pick a job to cancel first.", "", ""
+            if job.status in FINISHED:
+                info_text, player_html, log_text = show(job_id)
+                return (f"**Nothing to cancel:** job {job.id} has already finished ({job.status}).  \n{info_text}",
+                        player_html, log_text)
+            studio.cancel(job_id)
             return show(job_id)
 
         cancel_btn.click(cancel, job_pick, [info, player, log_box])

@@ -1,4 +1,4 @@
-"""Entry point of a render child: ``python -m lipdub.jobs.child --job ID --token T --db URL --storage DIR``.
+"""Entry point of a render child: ``python -m lipdub.studio.jobs.child --job ID --token T --db URL --storage DIR``.
 
 Its stdout/stderr go to the job's log file (the parent redirects them), so the log holds this
 process's logging and anything a crashing native library prints.
@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 
-log = logging.getLogger("lipdub.jobs.child")
+log = logging.getLogger("lipdub.studio.jobs.child")
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -39,7 +39,7 @@ def _warm_up(device: str) -> None:
     """Import the heavy modules a render needs before there is a job to render."""
     import importlib
 
-    for name in ("lipdub.pipeline", "lipdub.jobs.runner", "torch", "cv2", "mediapipe", "av"):
+    for name in ("lipdub.pipeline", "lipdub.studio.jobs.runner", "torch", "cv2", "mediapipe", "av"):
         try:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 - the render itself will report a real problem
@@ -47,7 +47,7 @@ def _warm_up(device: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="lipdub.jobs.child")
+    ap = argparse.ArgumentParser(prog="lipdub.studio.jobs.child")
     ap.add_argument("--job")
     ap.add_argument("--token")
     ap.add_argument("--standby", action="store_true",
@@ -72,14 +72,26 @@ def main(argv: list[str] | None = None) -> int:
         os.close(fd)
     if not args.job or not args.token:
         ap.error("--job and --token are required (or --standby)")
+    from lipdub.studio.jobs.native_log import filter_native_noise
+
+    sys.stderr.flush()
+    restore_stderr = filter_native_noise()
+    try:
+        return _render(args)
+    finally:
+        sys.stderr.flush()
+        restore_stderr()
+
+
+def _render(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(levelname)s] %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr, force=True)
     for noisy in ("matplotlib", "PIL", "urllib3", "httpx", "absl", "jax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from lipdub.jobs.runner import run_job
-    from lipdub.jobs.storage import LocalStorage
-    from lipdub.jobs.store import DONE, JobStore
+    from lipdub.studio.jobs.runner import run_job
+    from lipdub.studio.jobs.storage import LocalStorage
+    from lipdub.studio.jobs.store import DONE, JobStore
 
     cancel = threading.Event()
     # SIGTERM from the dispatcher means "cancel": stop at the next frame and record it.

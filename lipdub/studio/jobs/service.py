@@ -13,7 +13,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -24,10 +24,11 @@ from sqlalchemy.orm import Session
 from lipdub.errors import InputError
 from lipdub.face.avatar import default_cache_root
 from lipdub.face.cache import avatars_root, banks_in_progress_bytes, budget_bytes, cached_avatars
-from lipdub.jobs.runner import Dispatcher, LocalDispatcher, default_workers, gpu_count
-from lipdub.jobs.storage import LocalStorage, UploadTooLarge, as_named_by_user
-from lipdub.jobs.store import DONE, FINISHED, RUNNING, Job, JobStore, sqlite_url, utcnow
 from lipdub.media.limits import Limits, check_audio, check_face, safe_name
+from lipdub.studio.jobs.runner import Dispatcher, LocalDispatcher, default_workers, gpu_count
+from lipdub.studio.jobs.storage import LocalStorage, UploadTooLarge, as_named_by_user
+from lipdub.studio.jobs.store import DONE, FINISHED, RUNNING, Job, JobStore, utcnow
+from lipdub.studio.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -39,48 +40,6 @@ STALE_TMP_S = 6 * 3600.0  # a file in tmp/ untouched this long belongs to no upl
 UI_UPLOAD_TTL_S = 3600.0
 MAX_ZIP_JOBS = 200
 T = TypeVar("T")
-
-
-@dataclass
-class Settings:
-    """Everything the studio is started with (``app.py`` / ``lipdub serve`` options)."""
-
-    data_dir: Path = field(default_factory=lambda: Path("data"))
-    device: str = "auto"
-    workers: int | None = None  # None: from the device
-    host: str = "127.0.0.1"
-    port: int = 7860
-    db_url: str | None = None  # None: SQLite (WAL) in the data dir
-    broker_url: str | None = None  # a Celery broker (redis://...): `lipdub worker` processes render the jobs
-    retention_days: float = 0.0  # 0: keep finished jobs forever
-    max_upload_mb: float = 2048.0
-    max_duration_s: float | None = None  # caps both durations below (the older single option)
-    max_audio_s: float = 30 * 60.0
-    max_video_s: float = 10 * 60.0
-    max_side: int = 4096
-    max_batch_items: int = 100
-    # The front door (lipdub/web/security.py).
-    auth: str | None = None  # "token:SECRET" or "user:password"; None: open on loopback, a generated token beyond
-    cors_origins: tuple[str, ...] = ()  # none: browsers refuse cross-origin calls
-    # Host names answered besides loopback's and the bound address; "*": any.
-    allowed_hosts: tuple[str, ...] = ()
-    max_request_mb: float = 2100.0  # a whole request body, enforced while it streams
-    rate_per_minute: float = 30.0  # submissions per client address
-    rate_burst: int = 20
-    # Render children (lipdub/jobs/runner.py): killed and the job failed beyond these.
-    job_timeout_s: float = 4 * 3600.0
-    job_memory_mb: float = 8192.0
-
-    @property
-    def limits(self) -> Limits:
-        return Limits.from_options(max_upload_mb=self.max_upload_mb, max_duration_s=self.max_duration_s,
-                                   max_audio_s=None if self.max_duration_s else self.max_audio_s,
-                                   max_video_s=None if self.max_duration_s else self.max_video_s,
-                                   max_side=self.max_side)
-
-    @property
-    def database_url(self) -> str:
-        return self.db_url or sqlite_url(Path(self.data_dir) / "lipdub.db")
 
 
 class ValidationError(InputError):
@@ -142,6 +101,17 @@ def engine_names() -> list[str]:
     return ["auto", *ENGINES]
 
 
+def missing_engine_note() -> str | None:
+    """What the engines that need torch lack in this install, in one sentence; None when nothing is missing."""
+    from lipdub.device import TORCH_EXTRA, torch_installed
+    from lipdub.render import TORCH_ENGINES
+
+    if torch_installed() or not TORCH_ENGINES:
+        return None
+    return (f"{', '.join(sorted(TORCH_ENGINES))} needs PyTorch, which is not installed here "
+            f"(pip install '{TORCH_EXTRA}').")
+
+
 def worker_devices(spec: str, device: Any, workers: int | None) -> list[str]:
     """The device each render worker uses, worker i taking entry i modulo the list's length.
 
@@ -184,10 +154,16 @@ class Studio:
     @classmethod
     def from_settings(cls, settings: Settings) -> Studio:
         """Pick the device (logging ``Using device: ...``) and size the worker pool from it."""
-        if settings.broker_url:  # scale-out: this server only queues; it never renders
-            from lipdub.jobs.celery_dispatch import celery_studio
+        if settings.broker_url:  # scale-out: this server only queues; `lipdub worker` processes render
+            from lipdub.studio.scaleout.dispatcher import CeleryDispatcher
+            from lipdub.studio.scaleout.urls import normalize_db_url, redact
 
-            return celery_studio(cls, settings)
+            if settings.db_url:
+                settings.db_url = normalize_db_url(settings.db_url)
+            studio = cls(settings, device_description=f"Celery workers via {redact(settings.broker_url)}",
+                         device_kind="celery")
+            studio.dispatcher = CeleryDispatcher(studio.store, settings.broker_url)
+            return studio
         from lipdub.device import select_device
 
         # The server renders nothing itself: it must hold no CUDA context (the query runs in a subprocess).
@@ -351,6 +327,10 @@ class Studio:
         if (e := check_option(engine, "engine")) is not None:
             if e not in engine_names():
                 raise ValidationError(f"Unknown engine '{e}'; use one of: {', '.join(engine_names())}.", "engine")
+            from lipdub.render import TORCH_ENGINES
+
+            if e in TORCH_ENGINES and (note := missing_engine_note()):
+                raise ValidationError(note, "engine")
             opts["engine"] = e
         if (q := check_option(quality, "quality")) is not None:
             if q not in quality_names():

@@ -1,7 +1,7 @@
 """Running jobs: :func:`run_job` renders one job; :class:`LocalDispatcher` feeds a pool of render
 processes from the store.
 
-Each render runs in its own child process (``python -m lipdub.jobs.child``), never in the server: a
+Each render runs in its own child process (``python -m lipdub.studio.jobs.child``), never in the server: a
 crash, an out-of-memory kill or a hung model only fails that job, cancelling it terminates the
 child, and the server keeps serving. The child reports progress straight into the job store, which
 is also how a Celery worker on another machine will report (it calls :func:`run_job` the same way).
@@ -23,11 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from lipdub.jobs.recovery import HEARTBEAT_S, STALE_AFTER_S, HeartbeatWatch, requeue_stale
-from lipdub.jobs.storage import Storage, as_named_by_user
-from lipdub.jobs.store import CANCELLED, DONE, FAILED, RUNNING, JobStore
+import lipdub
 from lipdub.media.encode import partial_path
 from lipdub.media.limits import Limits
+from lipdub.studio.jobs.recovery import HEARTBEAT_S, STALE_AFTER_S, HeartbeatWatch, requeue_stale
+from lipdub.studio.jobs.storage import Storage, as_named_by_user
+from lipdub.studio.jobs.store import CANCELLED, DONE, FAILED, RUNNING, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -222,18 +223,18 @@ class LocalDispatcher:
         self._lock = threading.Lock()
 
     def _default_cmd(self, job_id: str, token: str, device: str) -> list[str]:
-        return [sys.executable, "-m", "lipdub.jobs.child", "--job", job_id, "--token", token, "--db",
+        return [sys.executable, "-m", "lipdub.studio.jobs.child", "--job", job_id, "--token", token, "--db",
                 self.store.url, "--storage", str(self.storage.root), "--device", device]
 
     def _child_env(self) -> dict[str, str]:
         # The child must import this very lipdub, even when it is not installed (a plain checkout).
-        pkg_root = str(Path(__file__).resolve().parents[2])
+        pkg_root = str(Path(lipdub.__file__).resolve().parents[1])
         return dict(os.environ, PYTHONUNBUFFERED="1",
                     PYTHONPATH=os.pathsep.join(p for p in (pkg_root, os.environ.get("PYTHONPATH", "")) if p))
 
     def _spawn_standby(self, device: str) -> subprocess.Popen | None:
         """A child that imports everything, then waits on stdin for the one job it will render."""
-        cmd = [sys.executable, "-m", "lipdub.jobs.child", "--standby", "--db", self.store.url, "--storage",
+        cmd = [sys.executable, "-m", "lipdub.studio.jobs.child", "--standby", "--db", self.store.url, "--storage",
                str(self.storage.root), "--device", device]
         try:
             return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -35,7 +35,7 @@ MIN_TOKEN_CHARS = 16
 MIN_PASSWORD_CHARS = 8
 PUBLIC_HEALTH = "/api/v1/health"
 # Submissions are what costs CPU; reading status is cheap and polled often. The UI's submissions take
-# the same bucket in lipdub/web/ui.py.
+# the same bucket in lipdub/studio/web/ui.py.
 RATE_LIMITED = ("/api/v1/jobs", "/api/v1/batches")
 GRADIO_UPLOAD = "/gradio_api/upload"
 UI_EVENT_MAX_BYTES = 1 << 20  # a UI event carries settings and file references, never file contents
