@@ -33,7 +33,7 @@ from lipdub.face.landmarks import (
 from lipdub.media.frames import pack, planes
 from lipdub.render.bank import STABLE, MouthBank, image_extent, mouth_bank, needed_extent, pose_descriptor
 from lipdub.render.base import FrameTask, RenderContext, RenderedCrop, Renderer
-from lipdub.render.blend import REACH, colour_ring, composite_alpha_box, match_colour_i420
+from lipdub.render.blend import CHIN_MARGIN, REACH, colour_ring, composite_alpha_box, match_colour_i420
 from lipdub.render.geometry import apply_affine, similarity
 from lipdub.render.kernels import WarpJob, warp_and_match
 from lipdub.render.masks import lower_face, lower_face_polygon
@@ -57,6 +57,8 @@ EXTRAPOLATE = 0.02
 SHARP_MARGIN = 0.15
 # Where the chosen source's crop was cut by the frame's edge, the mask fades out over this (x iod).
 SOURCE_FEATHER = 0.08
+# A source's chin higher than the frame's rises at most this far (x iod); see fitted_shape.
+CHIN_RISE = 0.08
 # Points whose target position is the template frame's (the mask outline), not the source's.
 _OUTLINE = [205, 425, 98, 2, 327, 93, 132, 323, 361, 58, 288, 50, 280, 187, 411, 147, 376]
 # Points that carry the source's mouth shape through the outline correction: lips and lower jaw.
@@ -79,9 +81,12 @@ def fitted_shape(lm_frame: np.ndarray, lm_source: np.ndarray) -> np.ndarray:
     dst = lm_source.copy()
     dst[_OUTLINE] = lm_frame[_OUTLINE]
     le, re = eye_centres(lm_frame)
+    iod = float(np.linalg.norm(re - le))
     across = (re - le) / max(float(np.linalg.norm(re - le)), 1e-6)
     down = np.array([-across[1], across[0]], np.float32)
-    drop = float((lm_source[CHIN] - lm_frame[CHIN]) @ down)
+    # The mask ends just past the frame's jaw: a chin lowered further would be cut off there, and one
+    # raised much would show the source's own neck above the frame's.
+    drop = float(np.clip((lm_source[CHIN] - lm_frame[CHIN]) @ down, -CHIN_RISE * iod, CHIN_MARGIN * iod))
     k = np.abs(np.arange(len(_LOWER_JAW)) - (len(_LOWER_JAW) - 1) / 2) / ((len(_LOWER_JAW) + 1) / 2)
     weight = np.cos(k * np.pi / 2) ** 2
     dst[_LOWER_JAW] = lm_frame[_LOWER_JAW] + (weight * drop)[:, None] * down
@@ -222,7 +227,7 @@ class RetrievalRenderer(Renderer):
         # Everything below works on the mask's box only (a fraction of a 1080p face crop), and the
         # result covers just that box: the pipeline converts and blends no more than it.
         face_t = lower_face(lm_t)
-        alpha, (x0, y0, x1, y1) = composite_alpha_box(face_t, lm_a, task.shape)
+        alpha, (x0, y0, x1, y1) = composite_alpha_box(face_t, task.shape)
         if x1 <= x0 or y1 <= y0 or not alpha.any():
             return RenderedCrop.untouched()
         # The mask outline (cheeks, nose base, upper jaw) goes where the template frame has it; the
