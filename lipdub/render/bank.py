@@ -148,6 +148,22 @@ def pose_descriptor(lm: np.ndarray, ref_iod: float) -> np.ndarray:
                      iod / max(ref_iod, 1e-6)], -1).astype(np.float32)
 
 
+# Jaw points that speech hardly moves (below the ears, either side): where they sit relative to the eyes
+# says how the head is turned and where the face's outline runs, which the lower jaw must match.
+UPPER_JAW = [93, 132, 361, 323]
+
+
+def jaw_descriptor(lm: np.ndarray) -> np.ndarray:
+    """The upper jaw line in the eyes' own frame (origin between the eyes, x along them, unit the eye
+    distance): (8,) for one face's landmarks, (n, 8) for n faces' at once."""
+    le, re = eye_centres(lm)
+    iod = np.maximum(np.linalg.norm(re - le, axis=-1), 1e-6)[..., None]
+    ex = (re - le) / iod
+    ey = np.stack([-ex[..., 1], ex[..., 0]], -1)
+    d = (lm[..., UPPER_JAW, :] - ((le + re) / 2)[..., None, :]) / iod[..., None]
+    return np.concatenate([(d * ex[..., None, :]).sum(-1), (d * ey[..., None, :]).sum(-1)], -1).astype(np.float32)
+
+
 def shape_descriptors(lm: np.ndarray) -> tuple[float, float, float]:
     """(gap, width, round) of one face, in inter-ocular units."""
     iod = max(float(inter_ocular(lm)), 1e-6)
