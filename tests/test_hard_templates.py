@@ -143,7 +143,7 @@ def test_sources_are_chosen_with_a_jaw_line_like_the_frame_they_are_pasted_on(he
     base = ctx.template_indices
     src = renderer.bank.frames[renderer.path]
     gap = np.linalg.norm(_jaw_in_eye_frame(av.landmarks[src]) - _jaw_in_eye_frame(av.landmarks[base]), axis=-1)
-    assert float(np.sqrt((gap ** 2).mean())) < 0.06, f"jaw lines {np.sqrt((gap ** 2).mean()):.3f} eye distances apart"
+    assert float(np.sqrt((gap ** 2).mean())) < 0.065, f"jaw lines {np.sqrt((gap ** 2).mean()):.3f} eye distances apart"
     # ... while the mouth still follows the track: wide where it asks for wide.
     wide, narrow = ctx.mouth.open > 0.7, ctx.mouth.open < 0.2
     assert renderer.bank.gap[renderer.path][wide].mean() > renderer.bank.gap[renderer.path][narrow].mean() + 0.05

@@ -137,7 +137,7 @@ class MouthBank:
 
 def pose_descriptor(lm: np.ndarray, ref_iod: float) -> np.ndarray:
     """Head roll (radians), yaw and pitch proxies (nose tip offset from the eye midpoint, in iod) and scale:
-    (4,) for one face's landmarks, (n, 4) for n faces' at once."""
+    (8,) for one face's landmarks, (n, 8) for n faces' at once."""
     le, re = eye_centres(lm)
     iod = np.linalg.norm(re - le, axis=-1)
     safe = np.maximum(iod, 1e-6)[..., None]

@@ -13,9 +13,9 @@ FEATHER = 0.20  # x inter-ocular distance
 # The mask ends on the frame's own jaw line, never past it: a source pasted beyond it brings its own jaw
 # contour, neck, collar or background where the frame has others (ghost jaw lines, skin over a wall).
 # At the chin it reaches CHIN_MARGIN (x iod) past the jaw, room for the chin to drop as far
-# (fitted_shape); towards the ears it stays SIDE_MARGIN inside, where a turned head's far jaw points
-# may lie just off the cheek.
-CHIN_MARGIN = 0.06
+# (fitted_shape; less room cost lip-sync on the eval's self cases); towards the ears it stays
+# SIDE_MARGIN inside, where a turned head's far jaw points may lie just off the cheek.
+CHIN_MARGIN = 0.10
 SIDE_MARGIN = -0.04
 # The resampling map covers the frame's lower face out to this far past the jaw (x iod).
 REACH = 0.45

@@ -76,10 +76,12 @@ SHARP_MARGIN = 0.15
 SOURCE_FEATHER = 0.08
 # Where the chosen source's head pose and jaw line are this unlike the frame's (select.pose_misfit), no
 # source fits it: a profile, a fast turn. The frame then fades to its own mouth opened by the warp engine,
-# fully from MISFIT_BAD on; below MISFIT_GOOD the source is pasted as it is. (Frames pasted with a misfit
-# of 0.45 looked right, with the mask ending on the frame's jaw; a frontal talking head stays under 0.2.)
-MISFIT_GOOD = 0.4
-MISFIT_BAD = 0.6
+# fully from MISFIT_BAD on; below MISFIT_GOOD the source is pasted as it is. With the mask ending on the
+# frame's jaw, pastes with a misfit of 0.45 looked right (a phone video's turned head), and the lively
+# head of a calm template in ../shared/media reaches 0.75 on a few frames: fading from 0.3 there cost
+# lip-sync (eval open_r 0.53 -> 0.46) for nothing visible.
+MISFIT_GOOD = 0.5
+MISFIT_BAD = 0.8
 # The fade starts this many frames before a frame that needs it and ends as many after, and ramps over
 # twice as many: smooth, and never a single frame in and out (flicker).
 FADE_FRAMES = 4

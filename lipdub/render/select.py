@@ -34,7 +34,8 @@ class Costs:
     base_pose_weight: float = 4.0  # source head pose unlike the frame it is pasted on: alignment strain
     # Source jaw line unlike the frame's (RMS of the upper jaw points, iod): the lower face is fitted onto
     # the frame's jaw, and the further it must be bent, the more its own outline and shading show.
-    base_jaw_weight: float = 40.0
+    base_jaw_weight: float = 60.0
+    jaw_free: float = 0.04  # iod: jaw lines this close cost nothing (the mesh's own jitter, a calm head)
     same_frame_bonus: float = 0.6  # the template frame's own mouth needs no compositing at all
     unary_cap: float = 30.0
     hold: float = 0.5  # repeating a source frame in speech (in silence: hold_silent)
@@ -114,12 +115,10 @@ def unary_costs(t: Targets, bank, base_frames: np.ndarray, base_pose: np.ndarray
     ``bank_jaw`` (S, 8) (:func:`lipdub.render.bank.jaw_descriptor`), for a jaw line unlike the frame's."""
     u = ((bank.gap[None, :] - t.gap[:, None]) / c.gap_tol) ** 2
     u += c.width_weight * ((bank.width[None, :] - t.width[:, None]) / c.width_tol) ** 2
-    # Pose and jaw line are kept out of the cap: a source that fits the mouth but not the head is no
-    # better than one that fits neither.
-    u = np.minimum(u, c.unary_cap)
     u += c.base_pose_weight * pose_distance(bank.pose[None, :], base_pose[:, None])
     if base_jaw is not None and bank_jaw is not None:
-        u += c.base_jaw_weight * jaw_distance(bank_jaw[None, :], base_jaw[:, None])
+        u += c.base_jaw_weight * np.maximum(jaw_distance(bank_jaw[None, :], base_jaw[:, None]) - c.jaw_free, 0.0)
+    u = np.minimum(u, c.unary_cap)
     if base_need is not None and bank_extent is not None:
         missing = missing_region(base_need[:, None, :], bank_extent[None, :, :])
         u += (np.maximum(missing - c.edge_free, 0.0) / c.edge_tol) ** 2
