@@ -1,9 +1,11 @@
-"""Contact sheets of lipdub output for every talking video and photo in ../shared/media.
+"""Contact sheets of lipdub output for every talking video and photo in ../shared/media, and for the hard
+templates of ../shared/corpus (heads that turn and tilt, small faces) driven by speech from ../shared/media.
 
 Talking videos are split the way the eval does: template = first half (silent), speech = second
 half, ground truth = second half's frames. Each row is one output frame (every 10th): template frame
 | output | ground truth, then full-resolution close-ups of the output and truth mouths. Photos are
-driven by a speech clip and show template | output | output close-up.
+driven by a speech clip and show template | output | output close-up. Hard templates show template |
+output, whole, then the template's and the output's lower face close up (cut around each frame's own face).
 
     PYTHONPATH=. python scripts/contact_sheets.py [--engine auto] [--out docs] [--only katie]
 """
@@ -43,6 +45,16 @@ TILE = 256  # height of a whole-frame tile
 ZOOM = 200  # height of a mouth close-up tile (full resolution cut, shown at least 1:1 where it fits)
 EVERY = 10
 MAX_ROWS = 10
+# Hard templates (../shared/corpus): file, first second, seconds used; all driven by HARD_SPEECH.
+HARD = {
+    "astorfi_3q_view": ("astorfi__lip-reading-deeplearning__data__sample_video.mp4", 0.0, 7.0),
+    "tps_head_turn": ("yoyo-nb__Thin-Plate-Spline-Motion-Model__driving.mp4", 0.0, 6.8),
+    "edtalk_pose": ("tanshuai0219__EDTalk__test_data__pose_source2.mp4", 0.0, 10.0),
+    "latentsync_phone": ("bytedance__LatentSync__demo1_video.mp4", 0.0, 5.0),
+    "minimates_podium": ("kleinlee__MiniMates__driving.mp4", 0.0, 8.0),
+}
+HARD_SPEECH, HARD_SECONDS = "en_speech_12s.wav", 6.0
+HARD_EVERY = 15
 
 
 def _bgr_frames(path: Path, fps: Fraction | None = None) -> list[np.ndarray]:
@@ -166,9 +178,46 @@ def photo_sheet(name: str, media: Path, out_dir: Path, engine: str, work: Path) 
     return path
 
 
+def hard_sheet(key: str, corpus: Path, media: Path, out_dir: Path, engine: str, work: Path) -> Path:
+    from lipdub.face.analyse import analyse_template
+
+    name, start, seconds = HARD[key]
+    info = probe(corpus / name)
+    fps = info.fps
+    template = [cv2.cvtColor(f, cv2.COLOR_YUV2BGR_I420)
+                for _, f in VideoDecoder(info, fps).frames(int(start * fps), int((start + seconds) * fps))]
+    tpl, wav, out = work / f"{key}_template.mp4", work / f"{key}_speech.wav", work / f"{key}_out.mp4"
+    _write_video(template, fps, tpl)
+    clip = load_audio(media / HARD_SPEECH)
+    _write_wav(clip.samples[: int(HARD_SECONDS * clip.sample_rate)], clip.sample_rate, wav)
+    generate(wav, tpl, out, engine=engine)
+    avatar = analyse_template(probe(tpl), fps)
+    output = _bgr_frames(out, fps)
+    indices = pingpong_indices(len(output), len(template))
+    rows = []
+    for k in range(0, len(output), HARD_EVERY)[:MAX_ROWS]:
+        t = int(indices[k])
+        row = [_label(_tile(template[t], TILE), f"template {t}"), _label(_tile(output[k], TILE), f"output {k}")]
+        lm = avatar.landmarks[t]
+        if not np.isnan(lm[0, 0]):
+            # The lower face with room around it: where a ghost jaw line or pasted skin would show.
+            iod = float(inter_ocular(lm))
+            c = lm[[61, 291, 152, 4]].mean(0)
+            h, w = template[t].shape[:2]
+            x0, y0 = int(max(c[0] - 1.3 * iod, 0)), int(max(c[1] - 1.1 * iod, 0))
+            x1, y1 = int(min(c[0] + 1.3 * iod, w)), int(min(c[1] + 1.5 * iod, h))
+            row += [_label(_tile(template[t][y0:y1, x0:x1], TILE), "template face"),
+                    _label(_tile(output[k][y0:y1, x0:x1], TILE), "output face")]
+        rows.append(row)
+    path = out_dir / f"contact_hard_{key}.jpg"
+    cv2.imwrite(str(path), _sheet(rows), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--media", type=Path, default=REPO.parent / "shared" / "media")
+    ap.add_argument("--corpus", type=Path, default=REPO.parent / "shared" / "corpus")
     ap.add_argument("--out", type=Path, default=REPO / "docs")
     ap.add_argument("--engine", default="auto")
     ap.add_argument("--only", default="", help="only media whose name contains this text")
@@ -181,6 +230,10 @@ def main() -> None:
                 continue
             make = video_sheet if name in VIDEOS else photo_sheet
             log.info("%s -> %s", name, make(name, args.media, args.out, args.engine, Path(tmp)))
+        for key, (name, _, _) in HARD.items():
+            if args.only not in key or not (args.corpus / name).exists():
+                continue
+            log.info("%s -> %s", name, hard_sheet(key, args.corpus, args.media, args.out, args.engine, Path(tmp)))
 
 
 if __name__ == "__main__":

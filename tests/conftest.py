@@ -108,3 +108,35 @@ def audio_duration(path: Path) -> float:
     from lipdub.media.audio import load_audio
 
     return load_audio(path).duration
+
+
+def wide_shot(dst: Path, frames: int = 50, scale: float = 0.5, at: tuple[int, int] = (700, 300)) -> Path:
+    """Katie's talking clip shrunk to ``scale`` (her face about 128 px wide, a tenth of the width) inside a
+    1280x720 frame of patterned wall: a presenter in a wide shot."""
+    from fractions import Fraction
+
+    import cv2
+    import numpy as np
+
+    from lipdub.media.decode import VideoDecoder
+    from lipdub.media.frames import to_rgb
+    from lipdub.media.probe import probe
+
+    src = probe(media("katie_talk_512.mp4"))
+    yy, xx = np.mgrid[0:720, 0:1280].astype(np.float32)
+    wall = 70 + 40 * np.sin(xx / 37.0) * np.cos(yy / 23.0) + 30 * (xx / 1280)
+    background = np.dstack([wall, wall * 0.9, wall * 0.8]).astype(np.uint8)
+    with av.open(str(dst), "w") as out:
+        st = out.add_stream("libx264", rate=25)
+        st.width, st.height, st.pix_fmt = 1280, 720, "yuv420p"
+        st.options = {"crf": "14"}
+        for _, frame in VideoDecoder(src, Fraction(25)).frames(0, frames):
+            small = cv2.resize(to_rgb(frame)[0], None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            canvas = background.copy()
+            canvas[at[1]:at[1] + small.shape[0], at[0]:at[0] + small.shape[1]] = small
+            for p in st.encode(av.VideoFrame.from_ndarray(canvas, format="rgb24")):
+                out.mux(p)
+        for p in st.encode(None):
+            out.mux(p)
+    return dst
+

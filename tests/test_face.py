@@ -7,7 +7,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from conftest import media, needs_media
+from conftest import cut_video, media, needs_media, wide_shot
 
 from lipdub.face.analyse import analyse_template
 from lipdub.face.landmarks import FaceMesh, inter_ocular
@@ -128,3 +128,19 @@ def test_a_speaker_hidden_for_a_moment_gets_the_main_face_back(tmp_path) -> None
     assert np.all(x[:30] < 480) and np.all(x[40:] < 480)  # the speaker, before and soon after
     # Never between the two faces: every frame is on one of them, none slid across.
     assert np.all((x < 480) | (x > 560))
+
+
+@needs_media
+def test_a_small_face_in_a_wide_shot_is_found_on_every_frame(tmp_path) -> None:
+    """A face a tenth of a 1280x720 frame's width is beyond the mesh's own (short-range) detector:
+    such a template once stopped with "No face was found". Found, its landmarks must be where the
+    same clip's are at full size, shrunk and moved into place."""
+    scale, at = 0.5, (700, 300)
+    wide = analyse_template(probe(wide_shot(tmp_path / "wide.mp4", 50, scale, at)), Fraction(25), tmp_path / "c1")
+    assert wide.found.all()
+    assert 110 < float(np.ptp(wide.landmarks[0, :, 0])) < 150  # the premise: a face about 128 px wide
+    full = analyse_template(probe(cut_video(media("katie_talk_512.mp4"), tmp_path / "full.mp4", 50)),
+                            Fraction(25), tmp_path / "c2")
+    expected = full.landmarks * scale + np.float32(at)
+    err = np.linalg.norm(wide.landmarks - expected, axis=-1).mean(1) / inter_ocular(expected)
+    assert float(err.max()) < 0.08, f"landmarks off by {err.max():.3f} eye distances"

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import av
 import numpy as np
 import pytest
-from conftest import cut_audio, cut_video, media
+from conftest import cut_audio, cut_video, media, wide_shot
 
 from lipdub.audio.track import MouthTrack
 from lipdub.device import select_device
@@ -350,3 +350,34 @@ def test_a_face_at_the_frame_edge_gets_no_mouth_from_beyond_it(tmp_path: Path) -
     gx, gy = np.meshgrid(np.arange(60, dtype=np.float32) - 20.0, np.arange(40, dtype=np.float32) + 20.0)
     faded = fade_beyond_source(alpha, np.dstack([gx, gy]), 100, 100, feather=8.0)
     assert np.all(faded[:, :20] == 0) and np.all(faded[:, 28:] == 1)  # the source starts at column 20
+
+
+def _luma(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="gray").astype(np.int16) for f in c.decode(video=0)]
+
+
+def test_a_small_face_in_a_wide_shot_gets_its_mouth_rendered(tmp_path: Path) -> None:
+    """A presenter whose face is a tenth of a 1280x720 frame's width: the render used to stop at once with
+    "No face was found". Now each frame's mouth is rendered and the rest of the wide shot is left alone."""
+    template = wide_shot(tmp_path / "wide.mp4", 50)
+    audio = cut_audio(media("en_radio_8s.wav"), tmp_path / "speech.wav", 2.0)
+    out = tmp_path / "out.mp4"
+    generate(audio, template, out, engine="retrieval", device="cpu")
+    avatar = analyse_template(probe(template), Fraction(25))
+    assert avatar.found.all()
+    before, after = _luma(template), _luma(out)
+    assert len(after) >= 48
+    mouth_changed = 0
+    for k, frame in enumerate(after[:50]):  # the first 50 output frames are the template's, in order
+        lm = avatar.landmarks[k]
+        iod = float(inter_ocular(lm))
+        (x0, y0), (x1, y1) = lm.min(0) - iod, lm.max(0) + iod
+        diff = np.abs(frame - before[k])
+        outside = diff.copy()
+        outside[int(y0):int(y1), int(x0):int(x1)] = 0
+        assert outside.max() <= 12  # codec noise only, away from the face
+        mouth = lm[[61, 291, 13, 14, 17]]
+        (mx0, my0), (mx1, my1) = mouth.min(0).astype(int), mouth.max(0).astype(int) + 1
+        mouth_changed += int(diff[my0:my1, mx0:mx1].mean() > 3)
+    assert mouth_changed > 50 // 3

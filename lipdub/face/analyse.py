@@ -12,7 +12,7 @@ import numpy as np
 from lipdub.errors import NoFaceError
 from lipdub.face.avatar import ANALYSIS_VERSION, Avatar, content_hash, default_cache_root
 from lipdub.face.cache import avatars_root, mark_used
-from lipdub.face.landmarks import N_POINTS, FaceMesh
+from lipdub.face.landmarks import N_POINTS, FaceMesh, FarFaceDetector
 from lipdub.face.tracking import choose_main_face, same_face, smooth_landmarks
 from lipdub.media.decode import VideoDecoder, load_image, output_size, prefetched
 from lipdub.media.frames import crop_rgb, to_rgb
@@ -30,6 +30,13 @@ WINDOW_MAX_SIDE = 640
 # someone else is in view gets the lip-sync back when they reappear.
 ANCHOR_EVERY = 3
 ANCHOR_FRAMES = 250
+# A face the mesh's own detector misses in the whole frame (a small face in a wide shot) is looked for
+# with the full-range detector, and the mesh then runs on a window this many face boxes wide around
+# it, resampled to FAR_WINDOW_SIDE pixels: there the face is as large as the mesh's detector likes it.
+FAR_WINDOW = 2.2
+FAR_WINDOW_SIDE = 320
+# At most this many far faces get a mesh pass per frame (a crowd in the background need not cost more).
+FAR_MAX_FACES = 4
 
 
 FrameSink = Callable[[int, np.ndarray, "np.ndarray | None"], None]
@@ -81,6 +88,9 @@ def _analyse_image(info: MediaInfo) -> np.ndarray:
 
             big = cv2.resize(rgb, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
             faces = [f / 2 for f in mesh.detect(big)]
+        if not faces:
+            with FarFaceDetector() as far:
+                faces = [f * s for f in far_faces(mesh, far, frame)]
     main = choose_main_face(faces, (rgb.shape[1], rgb.shape[0]), None)
     out = np.full((1, N_POINTS, 2), np.nan, np.float32)
     if main is not None:
@@ -99,14 +109,17 @@ def _analyse_video(info: MediaInfo, fps: Fraction, progress: Callable[[float], N
     # on every frame while it tracks fewer faces than it may, which is a quarter of the cost), and one
     # that looks for every face in a whole frame, to choose the main one when it is lost.
     with FaceMesh(track=True, max_faces=1) as tracker, FaceMesh(track=False) as searcher:
-        for k, frame in prefetched(decoder.frames()):
-            main = window.find(tracker, searcher, frame, previous)
-            previous = main
-            rows.append(np.full((N_POINTS, 2), np.nan, np.float32) if main is None else main.astype(np.float32))
-            if frame_sink is not None:
-                frame_sink(k, frame, main)
-            if progress and k % 10 == 0:
-                progress(min(1.0, (k + 1) / expected))
+        try:
+            for k, frame in prefetched(decoder.frames()):
+                main = window.find(tracker, searcher, frame, previous)
+                previous = main
+                rows.append(np.full((N_POINTS, 2), np.nan, np.float32) if main is None else main.astype(np.float32))
+                if frame_sink is not None:
+                    frame_sink(k, frame, main)
+                if progress and k % 10 == 0:
+                    progress(min(1.0, (k + 1) / expected))
+        finally:
+            window.close()
     if not rows:
         return np.zeros((0, N_POINTS, 2), np.float32)
     return smooth_landmarks(np.stack(rows), float(fps))
@@ -128,6 +141,12 @@ class _FaceWindow:
         # while another person is in view): looked for again now and then, and returned to when back.
         self.anchor: np.ndarray | None = None
         self.anchor_age = 0
+        self.far: FarFaceDetector | None = None  # made when first needed: most templates never need it
+
+    def close(self) -> None:
+        if self.far is not None:
+            self.far.close()
+            self.far = None
 
     def find(self, tracker: FaceMesh, searcher: FaceMesh, frame: np.ndarray,
              previous: np.ndarray | None) -> np.ndarray | None:
@@ -152,7 +171,12 @@ class _FaceWindow:
 
     def _search(self, searcher: FaceMesh, frame: np.ndarray) -> list[np.ndarray]:
         rgb, s = to_rgb(frame, ANALYSIS_MAX_SIDE)
-        return [f / s for f in searcher.detect(rgb)]
+        faces = [f / s for f in searcher.detect(rgb)]
+        if faces:
+            return faces
+        if self.far is None:
+            self.far = FarFaceDetector()
+        return far_faces(searcher, self.far, frame, rgb, s)
 
     def _find(self, tracker: FaceMesh, searcher: FaceMesh, frame: np.ndarray,
               previous: np.ndarray | None) -> np.ndarray | None:
@@ -203,3 +227,36 @@ class _FaceWindow:
         x1 = min(self.width, int(cx + half + 1) + 1 & ~1)
         y1 = min(self.height, int(cy + half + 1) + 1 & ~1)
         self.box = (x0, y0, x1, y1) if x1 - x0 >= 64 and y1 - y0 >= 64 else None
+
+
+def far_faces(searcher: FaceMesh, far: FarFaceDetector, frame: np.ndarray, rgb: np.ndarray | None = None,
+              scale: float = 1.0) -> list[np.ndarray]:
+    """Faces in a packed I420 ``frame`` too small for the mesh's own detector, in the frame's pixels:
+    each box the full-range detector finds (on ``rgb``, the frame at ``scale``, or the whole frame)
+    gets a mesh pass on a window around it, cut from the frame at full resolution and resampled to
+    FAR_WINDOW_SIDE."""
+    import cv2
+
+    if rgb is None:
+        rgb, scale = to_rgb(frame, ANALYSIS_MAX_SIDE)
+    height, width = rgb.shape[0] / scale, rgb.shape[1] / scale
+    faces: list[np.ndarray] = []
+    for bx0, by0, bx1, by1 in far.boxes(rgb)[:FAR_MAX_FACES]:
+        cx, cy = (bx0 + bx1) / 2 / scale, (by0 + by1) / 2 / scale
+        half = FAR_WINDOW * max(bx1 - bx0, by1 - by0) / scale / 2
+        x0, y0 = int(max(0, cx - half)) & ~1, int(max(0, cy - half)) & ~1
+        x1, y1 = min(int(width) & ~1, int(cx + half + 2) & ~1), min(int(height) & ~1, int(cy + half + 2) & ~1)
+        if x1 - x0 < 16 or y1 - y0 < 16:
+            continue
+        window, _ = crop_rgb(frame, (x0, y0, x1, y1))
+        k = FAR_WINDOW_SIDE / max(x1 - x0, y1 - y0)
+        window = cv2.resize(window, (round((x1 - x0) * k), round((y1 - y0) * k)),
+                            interpolation=cv2.INTER_CUBIC if k > 1 else cv2.INTER_AREA)
+        sx, sy = window.shape[1] / (x1 - x0), window.shape[0] / (y1 - y0)
+        for f in searcher.detect(window):
+            face = f / np.array([sx, sy], np.float32) + np.array([x0, y0], np.float32)
+            centre = face.mean(0) * scale
+            # The window may hold a neighbour's face too: keep only the one this box was found for.
+            if bx0 <= centre[0] <= bx1 and by0 <= centre[1] <= by1 and not any(same_face(face, g) for g in faces):
+                faces.append(face)
+    return faces

@@ -14,9 +14,10 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 # Bump when the analysis changes, so old caches are not reused.
-ANALYSIS_VERSION = 7  # 2: zero-phase landmark smoothing; 3: mesh window shrunk to 640 px; 4: one-face tracker;
+ANALYSIS_VERSION = 8  # 2: zero-phase landmark smoothing; 3: mesh window shrunk to 640 px; 4: one-face tracker;
 # 5: the window stays put when a close-up face nears the frame's edges; 6: full-range input decoded to video range;
-# 7: no smoothing across a jump to another face, and the speaker taken back when they reappear
+# 7: no smoothing across a jump to another face, and the speaker taken back when they reappear; 8: small faces
+# found with the full-range detector
 
 
 @dataclass

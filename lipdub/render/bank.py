@@ -137,7 +137,7 @@ class MouthBank:
 
 def pose_descriptor(lm: np.ndarray, ref_iod: float) -> np.ndarray:
     """Head roll (radians), yaw and pitch proxies (nose tip offset from the eye midpoint, in iod) and scale:
-    (4,) for one face's landmarks, (n, 4) for n faces' at once."""
+    (8,) for one face's landmarks, (n, 8) for n faces' at once."""
     le, re = eye_centres(lm)
     iod = np.linalg.norm(re - le, axis=-1)
     safe = np.maximum(iod, 1e-6)[..., None]
@@ -146,6 +146,22 @@ def pose_descriptor(lm: np.ndarray, ref_iod: float) -> np.ndarray:
     d = (lm[..., NOSE_TIP, :] - (le + re) / 2) / safe
     return np.stack([np.arctan2(ex[..., 1], ex[..., 0]), (d * ex).sum(-1), (d * ey).sum(-1),
                      iod / max(ref_iod, 1e-6)], -1).astype(np.float32)
+
+
+# Jaw points that speech hardly moves (below the ears, either side): where they sit relative to the eyes
+# says how the head is turned and where the face's outline runs, which the lower jaw must match.
+UPPER_JAW = [93, 132, 361, 323]
+
+
+def jaw_descriptor(lm: np.ndarray) -> np.ndarray:
+    """The upper jaw line in the eyes' own frame (origin between the eyes, x along them, unit the eye
+    distance): (8,) for one face's landmarks, (n, 8) for n faces' at once."""
+    le, re = eye_centres(lm)
+    iod = np.maximum(np.linalg.norm(re - le, axis=-1), 1e-6)[..., None]
+    ex = (re - le) / iod
+    ey = np.stack([-ex[..., 1], ex[..., 0]], -1)
+    d = (lm[..., UPPER_JAW, :] - ((le + re) / 2)[..., None, :]) / iod[..., None]
+    return np.concatenate([(d * ex[..., None, :]).sum(-1), (d * ey[..., None, :]).sum(-1)], -1).astype(np.float32)
 
 
 def shape_descriptors(lm: np.ndarray) -> tuple[float, float, float]:

@@ -10,12 +10,14 @@ from lipdub.media.frames import planes
 from lipdub.render.masks import LowerFace, feather, lower_face, polygon_distance
 
 FEATHER = 0.20  # x inter-ocular distance
-# The mask reaches this far past the chin (x iod), so both chins lie where alpha is 1: no ghost chin.
-# Towards the ears the margin shrinks to SIDE_MARGIN, keeping hair and background beside the face.
-CHIN_MARGIN = 0.32
-SIDE_MARGIN = 0.08
-# The source's own outline only ever widens the mask within this far past the frame's jaw (x iod):
-# a source turned further than the frame would otherwise bring its hair or ear over the cheek.
+# The mask ends on the frame's own jaw line, never past it: a source pasted beyond it brings its own jaw
+# contour, neck, collar or background where the frame has others (ghost jaw lines, skin over a wall).
+# At the chin it reaches CHIN_MARGIN (x iod) past the jaw, room for the chin to drop as far
+# (fitted_shape; less room cost lip-sync on the eval's self cases); towards the ears it stays
+# SIDE_MARGIN inside, where a turned head's far jaw points may lie just off the cheek.
+CHIN_MARGIN = 0.10
+SIDE_MARGIN = -0.04
+# The resampling map covers the frame's lower face out to this far past the jaw (x iod).
 REACH = 0.45
 # Feather ramps at least this wide (pixels) are computed at half resolution, at least twice as wide at a
 # quarter: the ramp keeps 8 or more steps, which bilinear interpolation smooths back.
@@ -23,7 +25,7 @@ HALF_RES_FEATHER = 16.0
 
 
 def composite_margins(n: int) -> np.ndarray:
-    """Margins past the jaw (x iod) for its ``n`` points: widest at the chin, SIDE_MARGIN at the ears."""
+    """Margins past the jaw (x iod) for its ``n`` points: CHIN_MARGIN at the chin, SIDE_MARGIN at the ears."""
     k = np.abs(np.arange(n) - (n - 1) / 2) / ((n - 1) / 2)  # 0 at the chin, 1 at the ears
     return (SIDE_MARGIN + (CHIN_MARGIN - SIDE_MARGIN) * (1 - k) ** 1.5).astype(np.float32)
 
@@ -32,36 +34,31 @@ _MARGINS = composite_margins(len(JAW))
 
 
 def composite_polygon(lm: np.ndarray | LowerFace) -> np.ndarray:
-    """The lower-face polygon with a margin past the jaw that is widest at the chin."""
+    """The lower-face polygon the mask fills: the frame's own, ending at its jaw line."""
     return (lm if isinstance(lm, LowerFace) else lower_face(lm)).polygon(_MARGINS)
 
 
-def composite_alpha(lm_template: np.ndarray, lm_source: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Feathered mask over the lower face of both the template frame and the aligned source.
-
-    The union matters when the source's chin is lower (or higher) than the frame's: both chins
-    must lie inside, or one would show twice.
-    """
+def composite_alpha(lm_template: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Feathered mask over the template frame's lower face, inside its jaw line (:func:`composite_polygon`)."""
     alpha = np.zeros(shape, np.float32)
-    part, (x0, y0, x1, y1) = composite_alpha_box(lm_template, lm_source, shape)
+    part, (x0, y0, x1, y1) = composite_alpha_box(lm_template, shape)
     alpha[y0:y1, x0:x1] = part
     return alpha
 
 
-def composite_alpha_box(lm_template: np.ndarray | LowerFace, lm_source: np.ndarray | LowerFace,
-                        shape: tuple[int, int], even: bool = True) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def composite_alpha_box(lm_template: np.ndarray | LowerFace, shape: tuple[int, int],
+                        even: bool = True) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """:func:`composite_alpha` over only its box (x0, y0, x1, y1) in ``shape``: (alpha of the box, box).
 
-    Alpha is 0 outside the box, which holds both polygons (even-aligned with ``even``, for I420). Either
-    face may be given as its :class:`LowerFace`, when the caller has it already.
+    Alpha is 0 outside the box, which holds the polygon (even-aligned with ``even``, for I420). The face
+    may be given as its :class:`LowerFace`, when the caller has it already.
     """
-    face_t, face_s = (f if isinstance(f, LowerFace) else lower_face(f) for f in (lm_template, lm_source))
+    face_t = lm_template if isinstance(lm_template, LowerFace) else lower_face(lm_template)
     iod = face_t.iod
-    polys = [composite_polygon(face_t), composite_polygon(face_s)]
+    poly = composite_polygon(face_t)
     h, w = shape
-    pts = np.concatenate(polys)
-    x0, y0 = np.clip(np.floor(pts.min(0)).astype(int) - 1, 0, [w, h])
-    x1, y1 = np.clip(np.ceil(pts.max(0)).astype(int) + 2, 0, [w, h])
+    x0, y0 = np.clip(np.floor(poly.min(0)).astype(int) - 1, 0, [w, h])
+    x1, y1 = np.clip(np.ceil(poly.max(0)).astype(int) + 2, 0, [w, h])
     if even:
         x0, y0, x1, y1 = x0 & ~1, y0 & ~1, min(x1 + 1, w) & ~1, min(y1 + 1, h) & ~1
     if x1 <= x0 or y1 <= y0:
@@ -74,13 +71,7 @@ def composite_alpha_box(lm_template: np.ndarray | LowerFace, lm_source: np.ndarr
     scale = 0.25 if ramp >= 2 * HALF_RES_FEATHER else 0.5 if ramp >= HALF_RES_FEATHER else 1.0
     shape = (int(np.ceil(bh * scale)), int(np.ceil(bw * scale)))
     off = np.array([x0, y0], np.float32)
-    # Smoothstep is monotone, so the union of the two feathered masks is the feather of the larger
-    # distance: one ramp instead of two.
-    reach = face_t.polygon(REACH)
-    d_frame, d_source, d_reach = (polygon_distance((p - off + 0.5) * scale - 0.5, shape)
-                                  for p in (*polys, reach))
-    # The source's outline counts only inside the reach, which fades out over half the feather.
-    alpha = feather(cv2.max(d_frame, cv2.min(d_source, 2.0 * d_reach)), ramp * scale)
+    alpha = feather(polygon_distance((poly - off + 0.5) * scale - 0.5, shape), ramp * scale)
     if scale != 1.0:
         alpha = cv2.resize(alpha, (bw, bh), interpolation=cv2.INTER_LINEAR)
     return alpha, box

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import cv2
@@ -32,13 +33,29 @@ from lipdub.face.landmarks import (
     lip_gap,
 )
 from lipdub.media.frames import pack, planes
-from lipdub.render.bank import STABLE, MouthBank, image_extent, mouth_bank, needed_extent, pose_descriptor
+from lipdub.render.bank import (
+    STABLE,
+    UPPER_JAW,
+    MouthBank,
+    image_extent,
+    jaw_descriptor,
+    mouth_bank,
+    needed_extent,
+    pose_descriptor,
+)
 from lipdub.render.base import FrameTask, RenderContext, RenderedCrop, Renderer
-from lipdub.render.blend import REACH, colour_ring, composite_alpha_box, match_colour_i420
+from lipdub.render.blend import (
+    CHIN_MARGIN,
+    REACH,
+    colour_ring,
+    composite_alpha,
+    composite_alpha_box,
+    match_colour_i420,
+)
 from lipdub.render.geometry import apply_affine, similarity
 from lipdub.render.kernels import GpuKernels, WarpJobI420, warp_and_match_i420
-from lipdub.render.masks import lower_face, lower_face_polygon
-from lipdub.render.select import Costs, Targets, candidates, map_targets, viterbi
+from lipdub.render.masks import lower_face, lower_face_mask, lower_face_polygon
+from lipdub.render.select import Costs, Targets, candidates, map_targets, pose_misfit, viterbi
 from lipdub.render.warp import (
     WarpRenderer,
     draw_mouth_interior,
@@ -58,6 +75,19 @@ EXTRAPOLATE = 0.02
 SHARP_MARGIN = 0.15
 # Where the chosen source's crop was cut by the frame's edge, the mask fades out over this (x iod).
 SOURCE_FEATHER = 0.08
+# Where the chosen source's head pose and jaw line are this unlike the frame's (select.pose_misfit), no
+# source fits it: a profile, a fast turn. The frame then fades to its own mouth opened by the warp engine,
+# fully from MISFIT_BAD on; below MISFIT_GOOD the source is pasted as it is. With the mask ending on the
+# frame's jaw, pastes with a misfit of 0.45 looked right (a phone video's turned head), and the lively
+# head of a calm template in ../shared/media reaches 0.75 on a few frames: fading from 0.3 there cost
+# lip-sync (eval open_r 0.53 -> 0.46) for nothing visible.
+MISFIT_GOOD = 0.5
+MISFIT_BAD = 0.8
+# The fade starts this many frames before a frame that needs it and ends as many after, and ramps over
+# twice as many: smooth, and never a single frame in and out (flicker).
+FADE_FRAMES = 4
+# A source's chin higher than the frame's rises at most this far (x iod); see fitted_shape.
+CHIN_RISE = 0.08
 # Points whose target position is the template frame's (the mask outline), not the source's.
 _OUTLINE = [205, 425, 98, 2, 327, 93, 132, 323, 361, 58, 288, 50, 280, 187, 411, 147, 376]
 # Points that carry the source's mouth shape through the outline correction: lips and lower jaw.
@@ -80,9 +110,12 @@ def fitted_shape(lm_frame: np.ndarray, lm_source: np.ndarray) -> np.ndarray:
     dst = lm_source.copy()
     dst[_OUTLINE] = lm_frame[_OUTLINE]
     le, re = eye_centres(lm_frame)
+    iod = float(np.linalg.norm(re - le))
     across = (re - le) / max(float(np.linalg.norm(re - le)), 1e-6)
     down = np.array([-across[1], across[0]], np.float32)
-    drop = float((lm_source[CHIN] - lm_frame[CHIN]) @ down)
+    # The mask ends just past the frame's jaw: a chin lowered further would be cut off there, and one
+    # raised much would show the source's own neck above the frame's.
+    drop = float(np.clip((lm_source[CHIN] - lm_frame[CHIN]) @ down, -CHIN_RISE * iod, CHIN_MARGIN * iod))
     k = np.abs(np.arange(len(_LOWER_JAW)) - (len(_LOWER_JAW) - 1) / 2) / ((len(_LOWER_JAW) + 1) / 2)
     weight = np.cos(k * np.pi / 2) ** 2
     dst[_LOWER_JAW] = lm_frame[_LOWER_JAW] + (weight * drop)[:, None] * down
@@ -133,8 +166,39 @@ class RetrievalRenderer(Renderer):
         started = time.monotonic()
         self.bank = mouth_bank(ctx.avatar, ctx.template)
         self.path, self.targets = self.plan(ctx, self.bank)
-        log.info("Retrieval plan for %d frames in %.2f s (%d distinct source frames).", ctx.n_frames,
-                 time.monotonic() - started, len(np.unique(self.path)))
+        self.paste_weight = self.paste_weights(ctx, self.bank, self.path)
+        self.paths: Counter[str] = Counter()
+        log.info("Retrieval plan for %d frames in %.2f s (%d distinct source frames; %d fade to the frame's own "
+                 "mouth warped, no source fitting their pose).", ctx.n_frames, time.monotonic() - started,
+                 len(np.unique(self.path)), int((self.paste_weight < 1.0).sum()))
+
+    @staticmethod
+    def paste_weights(ctx: RenderContext, bank: MouthBank, path: np.ndarray) -> np.ndarray:
+        """(T,) how much of each output frame's pasted source shows (1), rather than the frame's own mouth
+        moved by the warp engine (0): 0 where the chosen source's pose fits the frame too badly, with
+        smooth ramps in time."""
+        av = ctx.avatar
+        base = np.minimum(ctx.template_indices, av.n_frames - 1)
+        src = bank.frames[path]
+        ok = av.found[base] & av.found[src]
+        misfit = np.zeros(len(path), np.float32)
+        if ok.any():
+            ref_iod = float(np.median(inter_ocular(av.landmarks[av.found])))
+            lb, ls = av.landmarks[base[ok]], av.landmarks[src[ok]]
+            misfit[ok] = pose_misfit(pose_descriptor(ls, ref_iod), pose_descriptor(lb, ref_iod),
+                                     jaw_descriptor(ls), jaw_descriptor(lb))
+        fit = np.clip((MISFIT_BAD - misfit) / (MISFIT_BAD - MISFIT_GOOD), 0.0, 1.0)
+        n = len(fit)
+        # Erode (a bad frame pulls its neighbours down with it), then average: ramps, never a blink.
+        padded = np.pad(fit, FADE_FRAMES, mode="edge")
+        eroded = np.min(np.lib.stride_tricks.sliding_window_view(padded, 2 * FADE_FRAMES + 1), axis=1)[:n]
+        padded = np.pad(eroded, FADE_FRAMES, mode="edge")
+        kernel = np.full(2 * FADE_FRAMES + 1, 1.0 / (2 * FADE_FRAMES + 1))
+        weight = np.convolve(padded, kernel, mode="valid")[:n]
+        weight = np.where(weight > 0.995, 1.0, np.where(weight < 0.005, 0.0, weight))
+        log.debug("Pose misfit of the chosen sources: median %.3f, 90%% %.3f, max %.3f.", float(np.median(misfit)),
+                  float(np.quantile(misfit, 0.9)), float(misfit.max()))
+        return weight.astype(np.float32)
 
     @staticmethod
     def plan(ctx: RenderContext, bank: MouthBank, costs: Costs | None = None) -> tuple[np.ndarray, Targets]:
@@ -149,6 +213,10 @@ class RetrievalRenderer(Renderer):
         used = used[av.found[used]]
         pose[used] = pose_descriptor(av.landmarks[used], ref_iod)
         base_pose = pose[base]
+        jaw = np.zeros((av.n_frames, len(UPPER_JAW) * 2), np.float32)
+        jaw[used] = jaw_descriptor(av.landmarks[used])
+        base_jaw = jaw[base]
+        bank_jaw = jaw_descriptor(av.landmarks[bank.frames])
         need = extent = None
         if _near_edges(av):
             # A source whose crop the frame's edge cut must not be pasted where its frame needs what was
@@ -158,10 +226,17 @@ class RetrievalRenderer(Renderer):
             need = need[base]
             extent = np.array([image_extent(bank.landmarks(av, j), int(w), int(h))
                                for j, (h, w) in enumerate(bank.images.shapes)], np.float32).reshape(-1, 4)
-        cand, cost = candidates(targets, bank, base, base_pose, c, base_need=need, bank_extent=extent)
+        cand, cost = candidates(targets, bank, base, base_pose, c, base_need=need, bank_extent=extent,
+                                base_jaw=base_jaw, bank_jaw=bank_jaw)
         return viterbi(cand, cost, bank, targets.speech, c), targets
 
     def close(self) -> None:
+        if getattr(self, "paths", None) is not None:
+            n = self.paths
+            log.info("Retrieval paths: %d frames pasted, %d warped (no source fitting their pose), %d left as is "
+                     "(%d: their own mouth fits; %d: no source fits and their own is open enough; %d: no face).",
+                     n["pasted"], n["warped"], n["own mouth fits"] + n["no source fits"] + n["no face"],
+                     n["own mouth fits"], n["no source fits"], n["no face"])
         # The bank's file is open: a long-running worker must not keep a pruned bank's gigabytes on disk.
         if getattr(self, "bank", None) is not None:
             self.bank.images.close()
@@ -180,7 +255,64 @@ class RetrievalRenderer(Renderer):
         if on_cpu:
             patches = [self._patch_i420(p) for p in todo]
         done = iter(patches)
-        return [p if isinstance(p, RenderedCrop) else self._finish(p, next(done), True) for p in plans]
+        crops = [p if isinstance(p, RenderedCrop) else self._finish(p, next(done), True) for p in plans]
+        return [self._fade(t, c) for t, c in zip(tasks, crops, strict=True)]
+
+    def _fade(self, task: FrameTask, pasted: RenderedCrop) -> RenderedCrop:
+        """``pasted`` faded, by the frame's paste weight, to the frame's own mouth opened by the warp engine
+        (or left as it is); counts the path the frame took."""
+        i = min(task.out_index, len(self.paste_weight) - 1)
+        weight = float(self.paste_weight[i])
+        lm = task.landmarks
+        if lm is None:
+            self.paths["no face"] += 1
+            return pasted
+        if weight >= 1.0:
+            self.paths["pasted" if pasted.alpha is not None else "own mouth fits"] += 1
+            return pasted
+        own = self._own_mouth(task, i)
+        self.paths["pasted" if weight >= 0.5 else "warped" if own is not None else "no source fits"] += 1
+        if weight <= 0.0 and own is None:
+            return RenderedCrop.untouched()
+        base = task.crop.astype(np.float32)
+        out = base.copy()
+        covered = np.zeros(base.shape[:2], bool)
+        if own is not None:
+            warped, alpha_w = own
+            out += (warped.astype(np.float32) - base) * alpha_w[..., None]
+            covered |= alpha_w > 0
+        if weight > 0.0 and pasted.alpha is not None:
+            ox, oy = pasted.origin
+            ph, pw = pasted.alpha.shape
+            patch = cv2.cvtColor(pasted.crop, cv2.COLOR_YUV2BGR_I420) if pasted.i420 else pasted.crop
+            region = out[oy:oy + ph, ox:ox + pw]
+            region += (patch.astype(np.float32) - region) * (weight * pasted.alpha)[..., None]
+            covered[oy:oy + ph, ox:ox + pw] |= pasted.alpha > 0
+        # Where neither mask reaches, alpha 0 keeps the frame's own pixels exactly.
+        return RenderedCrop(np.clip(out + 0.5, 0, 255).astype(np.uint8), covered.astype(np.float32))
+
+    def _own_mouth(self, task: FrameTask, i: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The frame's own mouth opened by the warp engine to output frame ``i``'s target, with its mask; None
+        where the target is no wider than the frame's own mouth. Only ever opened: closing a parted mouth
+        over its teeth leaves a jagged seam, so a frame whose mouth is open already keeps it as it is."""
+        lm = task.landmarks
+        assert lm is not None
+        iod = float(inter_ocular(lm))
+        src_gap = float(lip_gap(lm))
+        delta = float(self.targets.gap[i]) * iod - src_gap
+        if delta < 0.01 * iod:
+            return None
+        m = self.ctx.mouth
+        k = min(i, len(m) - 1)
+        moved = self.warp.move_points(lm, delta, float(m.width[k]), float(m.round[k]))
+        warped = warp_piecewise_affine(task.crop, lm, moved, lower_face_polygon(lm, chin_margin=0.35))
+        extra = src_gap + delta - max(src_gap, 1.5)
+        if extra > 0.01 * iod:
+            draw_mouth_interior(warped, moved, iod, float(np.clip(extra / (0.06 * iod), 0.0, 1.0)))
+        # The warp engine's own mask, ending where the pasted one does: on the frame's own jaw line.
+        h, w = task.shape
+        alpha = np.minimum(lower_face_mask(lm, (h, w)), composite_alpha(lm, (h, w)))
+        return warped, alpha
 
     def _patch_i420(self, p: _Plan) -> np.ndarray:
         assert self.bank is not None
@@ -228,7 +360,7 @@ class RetrievalRenderer(Renderer):
         # Everything below works on the mask's box only (a fraction of a 1080p face crop), and the
         # result covers just that box: the pipeline converts and blends no more than it.
         face_t = lower_face(lm_t)
-        alpha, (x0, y0, x1, y1) = composite_alpha_box(face_t, lm_a, task.shape)
+        alpha, (x0, y0, x1, y1) = composite_alpha_box(face_t, task.shape)
         if x1 <= x0 or y1 <= y0 or not alpha.any():
             return RenderedCrop.untouched()
         # The mask outline (cheeks, nose base, upper jaw) goes where the template frame has it; the

@@ -33,6 +33,10 @@ class Costs:
     width_tol: float = 0.06
     width_weight: float = 0.25
     base_pose_weight: float = 4.0  # source head pose unlike the frame it is pasted on: alignment strain
+    # Source jaw line unlike the frame's (RMS of the upper jaw points, iod): the lower face is fitted onto
+    # the frame's jaw, and the further it must be bent, the more its own outline and shading show.
+    base_jaw_weight: float = 60.0
+    jaw_free: float = 0.04  # iod: jaw lines this close cost nothing (the mesh's own jitter, a calm head)
     same_frame_bonus: float = 0.6  # the template frame's own mouth needs no compositing at all
     unary_cap: float = 30.0
     hold: float = 0.5  # repeating a source frame in speech (in silence: hold_silent)
@@ -83,15 +87,38 @@ def missing_region(needed: np.ndarray, available: np.ndarray) -> np.ndarray:
     return near + far
 
 
+# In :func:`pose_misfit`, a jaw line this many times as far off (RMS, iod) counts as much as a pose.
+JAW_MISFIT_SCALE = 3.0
+
+
+def pose_distance(source_pose: np.ndarray, base_pose: np.ndarray) -> np.ndarray:
+    """Distance between pose descriptors (roll, yaw and pitch proxies), broadcasting over leading axes."""
+    return np.sqrt(((source_pose[..., :3] - base_pose[..., :3]) ** 2).sum(-1) + 1e-12)
+
+
+def jaw_distance(source_jaw: np.ndarray, base_jaw: np.ndarray) -> np.ndarray:
+    """RMS distance between jaw descriptors (iod), broadcasting over leading axes."""
+    return np.sqrt(((source_jaw - base_jaw) ** 2).mean(-1))
+
+
+def pose_misfit(source_pose: np.ndarray, base_pose: np.ndarray, source_jaw: np.ndarray,
+                base_jaw: np.ndarray) -> np.ndarray:
+    """How unlike the frame it is pasted on a source's head pose and jaw line are, in one number."""
+    return pose_distance(source_pose, base_pose) + JAW_MISFIT_SCALE * jaw_distance(source_jaw, base_jaw)
+
+
 def unary_costs(t: Targets, bank, base_frames: np.ndarray, base_pose: np.ndarray, c: Costs,
-                base_need: np.ndarray | None = None, bank_extent: np.ndarray | None = None) -> np.ndarray:
+                base_need: np.ndarray | None = None, bank_extent: np.ndarray | None = None,
+                base_jaw: np.ndarray | None = None, bank_jaw: np.ndarray | None = None) -> np.ndarray:
     """(T, S) match cost of every bank entry for every output frame; with ``base_need`` (T, 4) and
     ``bank_extent`` (S, 4) (:func:`lipdub.render.bank.needed_extent`, :func:`~lipdub.render.bank.image_extent`),
-    also for the part of a frame's region a source's crop does not reach."""
+    also for the part of a frame's region a source's crop does not reach; with ``base_jaw`` (T, 8) and
+    ``bank_jaw`` (S, 8) (:func:`lipdub.render.bank.jaw_descriptor`), for a jaw line unlike the frame's."""
     u = ((bank.gap[None, :] - t.gap[:, None]) / c.gap_tol) ** 2
     u += c.width_weight * ((bank.width[None, :] - t.width[:, None]) / c.width_tol) ** 2
-    dp = bank.pose[None, :, :3] - base_pose[:, None, :3]
-    u += c.base_pose_weight * np.sqrt((dp ** 2).sum(-1) + 1e-12)
+    u += c.base_pose_weight * pose_distance(bank.pose[None, :], base_pose[:, None])
+    if base_jaw is not None and bank_jaw is not None:
+        u += c.base_jaw_weight * np.maximum(jaw_distance(bank_jaw[None, :], base_jaw[:, None]) - c.jaw_free, 0.0)
     u = np.minimum(u, c.unary_cap)
     if base_need is not None and bank_extent is not None:
         missing = missing_region(base_need[:, None, :], bank_extent[None, :, :])
@@ -115,8 +142,8 @@ def transition_costs(bank, prev: np.ndarray, cur: np.ndarray, silent: bool | np.
 
 
 def candidates(t: Targets, bank, base_frames: np.ndarray, base_pose: np.ndarray, c: Costs, k: int = 40,
-               block: int = 256, base_need: np.ndarray | None = None,
-               bank_extent: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               block: int = 256, base_need: np.ndarray | None = None, bank_extent: np.ndarray | None = None,
+               base_jaw: np.ndarray | None = None, bank_jaw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` cheapest bank entries for every output frame, (T, k), and their match costs, (T, k).
 
     Costs are computed a block of output frames at a time, so memory is O(block x S), not O(T x S):
@@ -130,7 +157,8 @@ def candidates(t: Targets, bank, base_frames: np.ndarray, base_pose: np.ndarray,
         rows = slice(a, min(a + block, n_t))
         part = Targets(t.gap[rows], t.width[rows], t.speech[rows], t.rest)
         u = unary_costs(part, bank, base_frames[rows], base_pose[rows], c,
-                        None if base_need is None else base_need[rows], bank_extent)
+                        None if base_need is None else base_need[rows], bank_extent,
+                        None if base_jaw is None else base_jaw[rows], bank_jaw)
         best = np.argpartition(u, k - 1, axis=1)[:, :k] if k < n_s else np.tile(np.arange(n_s), (len(u), 1))
         cand[rows] = best
         cost[rows] = np.take_along_axis(u, best, 1)
