@@ -8,7 +8,8 @@ from conftest import media, needs_media
 
 from lipdub.face.landmarks import LIPS_INNER_LOWER, LIPS_INNER_UPPER, eye_centres, lip_gap
 from lipdub.render.masks import lower_face_polygon
-from lipdub.render.warp import WarpRenderer, blink_closure, piecewise_affine_maps, warp_piecewise_affine
+from lipdub.render.piecewise import piecewise_affine_maps, warp_piecewise_affine
+from lipdub.render.warp import WarpRenderer, blink_closure
 
 
 def test_blinks_every_few_seconds_and_briefly() -> None:

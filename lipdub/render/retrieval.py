@@ -53,16 +53,12 @@ from lipdub.render.blend import (
     match_colour_i420,
 )
 from lipdub.render.geometry import apply_affine, similarity
+from lipdub.render.interior import draw_mouth_interior
 from lipdub.render.kernels import GpuKernels, WarpJobI420, warp_and_match_i420
 from lipdub.render.masks import lower_face, lower_face_mask, lower_face_polygon
+from lipdub.render.piecewise import piecewise_affine_map, piecewise_affine_map_i420, warp_piecewise_affine
 from lipdub.render.select import Costs, Targets, candidates, map_targets, pose_misfit, viterbi
-from lipdub.render.warp import (
-    WarpRenderer,
-    draw_mouth_interior,
-    piecewise_affine_map,
-    piecewise_affine_map_i420,
-    warp_piecewise_affine,
-)
+from lipdub.render.warp import WarpRenderer
 
 log = logging.getLogger(__name__)
 
