@@ -164,3 +164,17 @@ def test_mouth_banks_still_being_written_count_towards_the_budget(tmp_path: Path
     (writing / "images.u8").write_bytes(b"\0" * 250)
     assert [a.folder for a in prune(tmp_path, 360)] == [old]
     assert recent.exists() and writing.exists()  # within budget again; the bank in progress is never touched
+
+
+def test_a_bank_built_by_this_job_is_not_reported_as_found_in_the_cache(tmp_path: Path) -> None:
+    template = cut_video(media("map_talk_844.mp4"), tmp_path / "t.mp4", 30)
+    speech = cut_audio(media("en_radio_8s.wav"), tmp_path / "s.wav", 1.0)
+    cache = tmp_path / "cache"
+    args = ("generate", "--face", str(template), "--audio", str(speech), "--engine", "retrieval",
+            "--cache-dir", str(cache))
+    first = run_cli(*args, "-o", str(tmp_path / "a.mp4"))
+    assert first.returncode == 0, first.stderr
+    assert "Mouth bank:" in first.stderr and "found in the avatar cache" not in first.stderr
+    second = run_cli(*args, "-o", str(tmp_path / "b.mp4"))
+    assert second.returncode == 0, second.stderr
+    assert "Mouth bank found in the avatar cache" in second.stderr

@@ -335,8 +335,9 @@ class BankWriter:
             np.savez(self.tmp / "meta.npz", frames=frames[keep], origin=origins[keep], gap=gap[keep],
                      width=width[keep], round=rnd[keep], teeth=teeth[keep], pose=pose[keep], light=light[keep],
                      offset=offsets[keep], shape=shapes[keep])
+            # The process that built it: its own render finds the bank just written, not one "in the cache".
             (self.tmp / "info.json").write_text(json.dumps({"version": BANK_VERSION, "key": avatar.key,
-                                                            "bytes": self._end}))
+                                                            "bytes": self._end, "pid": os.getpid()}))
             shutil.rmtree(folder, ignore_errors=True)
             folder.parent.mkdir(parents=True, exist_ok=True)  # in case the avatar was pruned meanwhile
             os.replace(self.tmp, folder)
@@ -407,13 +408,22 @@ def load_bank(avatar: Avatar, folder: Path) -> MouthBank | None:
                      d["light"])
 
 
+def _built_by(folder: Path) -> int | None:
+    """The process id that wrote the bank in ``folder``, where recorded."""
+    try:
+        return int(json.loads((folder / "info.json").read_text()).get("pid", 0)) or None
+    except (OSError, ValueError):
+        return None
+
+
 def mouth_bank(avatar: Avatar, info: MediaInfo) -> MouthBank:
     """The avatar's mouth bank, from its cache when it was built before."""
     folder = bank_folder(avatar)
     mark_used(avatar.cache_dir)  # again: the speech analysis may have taken long since the face's
     bank = load_bank(avatar, folder)
     if bank is not None:
-        log.info("Mouth bank found in the avatar cache (%d frames).", len(bank))
+        if _built_by(folder) != os.getpid():
+            log.info("Mouth bank found in the avatar cache (%d frames).", len(bank))
         return bank
     avatar.cache_dir.mkdir(parents=True, exist_ok=True)
     return build_bank(avatar, info, folder)
