@@ -1,7 +1,7 @@
 """generate(): decode -> analyse -> render -> encode, streamed in bounded chunks.
 
-Decoding and encoding run in their own threads and exchange small chunks of frames through
-bounded queues with the rendering thread, so memory does not depend on the length of the video.
+Decoding and rendering run ahead in threads of their own and hand small chunks of frames on through
+bounded queues to the encoder, so memory does not depend on the length of the video.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,7 +34,7 @@ from lipdub.media.decode import (
     load_image,
     output_size,
     pingpong_indices,
-    put_unless_stopped,
+    prefetched,
     yuv_colour,
 )
 from lipdub.media.encode import VideoWriter, check_writable, nvenc_available
@@ -260,101 +259,50 @@ def face_box(landmarks: np.ndarray, width: int, height: int) -> tuple[int, int, 
 
 def _render_stream(source: Iterator[np.ndarray], indices: np.ndarray, avatar: Avatar, renderer,
                    writer: VideoWriter, cancel: threading.Event | None) -> Iterator[tuple[int, int]]:
-    """Run decode, render and encode as three threads over bounded queues; yield (frames done, no-face count)."""
-    n_out = len(indices)
-    decoded: queue.Queue = queue.Queue(QUEUE_CHUNKS)
-    rendered: queue.Queue = queue.Queue(QUEUE_CHUNKS)
-    done_q: queue.Queue = queue.Queue()
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def put(q: queue.Queue, item: object) -> bool:
-        return put_unless_stopped(q, item, stop)
-
-    def decode() -> None:
-        try:
-            chunk: list[np.ndarray] = []
-            for frame in source:
-                chunk.append(frame)
-                if len(chunk) == CHUNK:
-                    if not put(decoded, chunk):
-                        return
-                    chunk = []
-            if chunk:
-                put(decoded, chunk)
-            put(decoded, None)
-        except BaseException as e:  # noqa: BLE001 - handed to the main thread
-            errors.append(e)
-            stop.set()
-
-    def encode() -> None:
-        try:
-            while True:
-                item = _get(rendered, stop)
-                if item is None:
-                    break
-                frames, n_missing = item
-                for f in frames:
-                    writer.write(f)
-                done_q.put((len(frames), n_missing))
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
-            stop.set()
-        finally:
-            done_q.put(None)
-
-    threads = [threading.Thread(target=decode, name="lipdub-decode", daemon=True),
-               threading.Thread(target=encode, name="lipdub-encode", daemon=True)]
-    for t in threads:
-        t.start()
+    """Decode, render and encode as three stages: the first two are generators that run ahead in threads of
+    their own (:func:`~lipdub.media.decode.prefetched`, at most QUEUE_CHUNKS chunks each), and this thread
+    encodes. Yields (frames written, no-face frames of that chunk) after each chunk. An error in any stage
+    reaches the caller, and stopping early stops them all."""
+    decoded = prefetched(_chunks(source, len(indices)), QUEUE_CHUNKS)
+    rendered = prefetched(_rendered(decoded, indices, avatar, renderer, cancel), QUEUE_CHUNKS)
+    written = 0
     try:
-        produced = 0
-        finished = 0
-        while produced < n_out:
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("The job was cancelled.")
-            chunk = _get(decoded, stop)
-            if chunk is None:
-                break
-            chunk = chunk[: n_out - produced]
-            frames, n_missing = _render_chunk(chunk, produced, indices, avatar, renderer)
-            produced += len(frames)
-            if not put(rendered, (frames, n_missing)):
-                break
-            while True:
-                try:
-                    item = done_q.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not None:
-                    finished += item[0]
-                    yield finished, item[1]
-        if errors:
-            raise errors[0]
-        if produced < n_out:
-            raise InputError(f"The template ended after {produced} of {n_out} frames; the video may be damaged.")
-        put(rendered, None)
-        while True:
-            item = done_q.get()
-            if item is None:
-                break
-            finished += item[0]
-            yield finished, item[1]
-        if errors:
-            raise errors[0]
+        for frames, n_missing in rendered:
+            for frame in frames:
+                writer.write(frame)
+            written += len(frames)
+            yield written, n_missing
     finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=10)
+        rendered.close()  # stops the render thread first: it is the one reading from the decoder
+        decoded.close()
 
 
-def _get(q: queue.Queue, stop: threading.Event) -> object:
-    while True:
-        try:
-            return q.get(timeout=0.1)
-        except queue.Empty:
-            if stop.is_set():
-                return None
+def _chunks(source: Iterator[np.ndarray], n_out: int) -> Iterator[list[np.ndarray]]:
+    """The first ``n_out`` template frames, CHUNK at a time."""
+    chunk: list[np.ndarray] = []
+    taken = 0
+    for frame in source:
+        chunk.append(frame)
+        taken += 1
+        if len(chunk) == CHUNK or taken == n_out:
+            yield chunk
+            chunk = []
+        if taken == n_out:
+            return
+    if chunk:
+        yield chunk
+    raise InputError(f"The template ended after {taken} of {n_out} frames; the video may be damaged.")
+
+
+def _rendered(chunks: Iterator[list[np.ndarray]], indices: np.ndarray, avatar: Avatar, renderer,
+              cancel: threading.Event | None) -> Iterator[tuple[list[OutputFrame], int]]:
+    """Each chunk of template frames rendered: (output frames, how many had no face)."""
+    start = 0
+    for chunk in chunks:
+        _check_cancel(cancel)
+        frames, n_missing = _render_chunk(chunk, start, indices, avatar, renderer)
+        start += len(frames)
+        yield frames, n_missing
 
 
 def _render_chunk(chunk: list[np.ndarray], start: int, indices: np.ndarray, avatar: Avatar,
