@@ -123,19 +123,12 @@ def short_template(tmp_path_factory: pytest.TempPathFactory) -> tuple:
 
 def test_retrieval_after_a_cuda_failure_renders_on_the_cpu_once_and_says_so(
         short_template: tuple, fake_gpu: dict, caplog: pytest.LogCaptureFixture) -> None:
-    from lipdub.audio.track import MouthTrack
-    from lipdub.media.audio import AudioClip
     from lipdub.pipeline import _render_chunk
-    from lipdub.render import RenderContext
     from lipdub.render.retrieval import RetrievalRenderer
 
     info, avatar = short_template
     n_out = 80  # five chunks
-    open_ = np.clip(0.5 + 0.5 * np.sin(np.arange(n_out) / 2.5), 0, 1).astype(np.float32)
-    z = np.zeros(n_out, np.float32)
-    ctx = RenderContext(avatar=avatar, mouth=MouthTrack(25.0, open_, z, z.copy(), z.copy(), open_ > 0.02),
-                        audio=AudioClip(np.zeros(16000, np.float32)), fps=25.0,
-                        template_indices=pingpong_indices(n_out, avatar.n_frames), template=info)
+    ctx = _speaking_context(info, avatar, n_out, widest=1.0)
     frames = list(TemplateFrames(info, Fraction(25), avatar.n_frames).frames_for(ctx.template_indices))
     calls = [0]
 
@@ -335,21 +328,14 @@ def test_the_gpu_path_converts_no_colours_on_the_cpu(short_template: tuple, fake
     """The GPU path's host side was as costly as the whole OpenCV path (8-9 ms a frame), a good part of it
     BGR conversions: the bank's source crop and the frame's region to BGR, the result back to I420 in
     the blend. Now the kernels take and give the frame's own I420."""
-    from lipdub.audio.track import MouthTrack
-    from lipdub.media.audio import AudioClip
     from lipdub.pipeline import _render_chunk
-    from lipdub.render import RenderContext
     from lipdub.render.bank import BankImages
     from lipdub.render.base import FrameTask
     from lipdub.render.retrieval import RetrievalRenderer
 
     info, avatar = short_template
     n_out = 32
-    open_ = np.clip(0.5 + 0.5 * np.sin(np.arange(n_out) / 2.5), 0, 0.6).astype(np.float32)
-    z = np.zeros(n_out, np.float32)
-    ctx = RenderContext(avatar=avatar, mouth=MouthTrack(25.0, open_, z, z.copy(), z.copy(), open_ > 0.02),
-                        audio=AudioClip(np.zeros(16000, np.float32)), fps=25.0,
-                        template_indices=pingpong_indices(n_out, avatar.n_frames), template=info)
+    ctx = _speaking_context(info, avatar, n_out, widest=0.6)
     frames = list(TemplateFrames(info, Fraction(25), avatar.n_frames).frames_for(ctx.template_indices))
     renderer = RetrievalRenderer(GPU)
     renderer.prepare(ctx)
@@ -368,3 +354,16 @@ def test_the_gpu_path_converts_no_colours_on_the_cpu(short_template: tuple, fake
                      if renderer.paste_weight[start + k] >= 1.0]
     assert fake_gpu["sizes"] and renderer.device.kind == "cuda"
     assert len(overlays) >= n_out // 2 and all(o.i420 for o in overlays)  # blended without a conversion back
+
+
+def _speaking_context(info, avatar, n_out: int, widest: float):
+    """A RenderContext whose mouth opens and closes every few frames (up to ``widest``) on the template."""
+    from lipdub.audio.track import MouthTrack
+    from lipdub.media.audio import AudioClip
+    from lipdub.render import RenderContext
+
+    open_ = np.clip(0.5 + 0.5 * np.sin(np.arange(n_out) / 2.5), 0, widest).astype(np.float32)
+    z = np.zeros(n_out, np.float32)
+    return RenderContext(avatar=avatar, mouth=MouthTrack(25.0, open_, z, z.copy(), z.copy(), open_ > 0.02),
+                         audio=AudioClip(np.zeros(16000, np.float32)), fps=25.0,
+                         template_indices=pingpong_indices(n_out, avatar.n_frames), template=info)

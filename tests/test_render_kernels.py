@@ -35,24 +35,31 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 99.0 if mse == 0 else 10 * np.log10(255**2 / mse)
 
 
+def _batch_member(frames: list[np.ndarray], k: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """Job ``k`` of a batch: a source crop, float32 maps (rotated, scaled, with a ripple) and a target, all of
+    sizes that differ from the other jobs', as a chunk of real frames has."""
+    src = frames[k][150 + 4 * k : 470, 100 : 420 - 6 * k]
+    h, w = 200 + 10 * k, 260 - 8 * k
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    angle, scale = 0.05 * (k - 1.5), 1.0 + 0.04 * k
+    cx, cy = w / 2, h / 2
+    map_x = (np.cos(angle) * (xx - cx) - np.sin(angle) * (yy - cy)) * scale + cx + 20 + 2.5 * np.sin(yy / 17)
+    map_y = (np.sin(angle) * (xx - cx) + np.cos(angle) * (yy - cy)) * scale + cy + 30
+    target = np.clip(frames[(k + 1) % 4][200 : 200 + h, 120 : 120 + w].astype(np.float32) * 0.9 + 12, 0,
+                     255).astype(np.uint8)
+    return src, (map_x.astype(np.float32), map_y.astype(np.float32)), target
+
+
 def test_batched_warp_matches_opencv_bicubic_remap_with_colour_matching() -> None:
     frames = _frames(4)
     jobs, expected = [], []
-    for k, frame in enumerate(frames):
-        # Sources and outputs of different sizes in one batch, as a chunk of real frames has.
-        src = frame[150 + 4 * k : 470, 100 : 420 - 6 * k]
-        h, w = 200 + 10 * k, 260 - 8 * k
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        angle, scale = 0.05 * (k - 1.5), 1.0 + 0.04 * k
-        cx, cy = w / 2, h / 2
-        map_x = (np.cos(angle) * (xx - cx) - np.sin(angle) * (yy - cy)) * scale + cx + 20 + 2.5 * np.sin(yy / 17)
-        map_y = (np.sin(angle) * (xx - cx) + np.cos(angle) * (yy - cy)) * scale + cy + 30
-        target = np.clip(frames[(k + 1) % 4][200 : 200 + h, 120 : 120 + w].astype(np.float32) * 0.9 + 12, 0,
-                         255).astype(np.uint8)
+    for k in range(len(frames)):
+        src, (map_x, map_y), target = _batch_member(frames, k)
+        h, w = target.shape[:2]
         ring = np.zeros((h, w), bool)
         ring[: h // 3] = True
-        jobs.append(WarpJob(src, map_x.astype(np.float32), map_y.astype(np.float32), target, ring))
-        warped = cv2.remap(src, map_x.astype(np.float32), map_y.astype(np.float32), cv2.INTER_CUBIC,
+        jobs.append(WarpJob(src, map_x, map_y, target, ring))
+        warped = cv2.remap(src, map_x, map_y, cv2.INTER_CUBIC,
                            borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
         ps, ts = warped[ring], target[ring].astype(np.float32)
         gain = np.clip((ts.std(0) + 1) / (ps.std(0) + 1), 0.85, 1.18)
@@ -133,17 +140,11 @@ def test_i420_kernels_match_the_cpu_paths_resampling_and_colour_match() -> None:
 
     frames = _frames(4)
     jobs, expected = [], []
-    for k, frame in enumerate(frames):
-        src = _i420(frame[150 + 4 * k : 470, 100 : 420 - 6 * k])
-        h, w = 200 + 10 * k, 260 - 8 * k
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        angle, scale = 0.05 * (k - 1.5), 1.0 + 0.04 * k
-        cx, cy = w / 2, h / 2
-        map_x = (np.cos(angle) * (xx - cx) - np.sin(angle) * (yy - cy)) * scale + cx + 20 + 2.5 * np.sin(yy / 17)
-        map_y = (np.sin(angle) * (xx - cx) + np.cos(angle) * (yy - cy)) * scale + cy + 30
+    for k in range(len(frames)):
+        src_bgr, (map_x, map_y), target_bgr = _batch_member(frames, k)
+        h, w = target_bgr.shape[:2]
+        src, target = _i420(src_bgr), _i420(target_bgr)
         pull = np.dstack([map_x, map_y]).astype(np.float32)
-        target = _i420(np.clip(frames[(k + 1) % 4][200 : 200 + h, 120 : 120 + w].astype(np.float32) * 0.9 + 12,
-                               0, 255).astype(np.uint8))
         alpha = np.zeros((h, w), np.float32)
         alpha[: h // 2] = np.linspace(0, 1, h // 2)[:, None]  # a feather from the box's top edge
         lm = np.zeros((478, 2), np.float32)

@@ -190,6 +190,15 @@ def build_ui(studio: Studio, limiter: RateLimiter | None = None) -> gr.Blocks:
 # -- Single ------------------------------------------------------------------------------------------
 
 
+def _render_options() -> tuple[gr.Radio, gr.Dropdown, gr.Checkbox]:
+    """The quality, engine and head-motion choices, one row, as the single and batch tabs both offer them."""
+    with gr.Row():
+        quality = gr.Radio(quality_names(), value="balanced", label="Quality")
+        engine = gr.Dropdown(engine_names(), value="auto", label="Engine", info=missing_engine_note())
+        moving = gr.Checkbox(True, label="Photos: move the head slightly")
+    return quality, engine, moving
+
+
 def _single_tab(studio: Studio, demo: gr.Blocks, limiter: RateLimiter | None) -> None:
     with gr.Tab("Single", id="single"):
         gr.Markdown("Upload a speech recording and a video or photo of a person, then press **Generate**.")
@@ -200,10 +209,7 @@ def _single_tab(studio: Studio, demo: gr.Blocks, limiter: RateLimiter | None) ->
                 audio_msg = gr.Markdown(elem_id="single-audio-msg")
                 face = gr.File(label="Face (video or photo)", file_types=FACE_TYPES, elem_id="single-face")
                 face_msg = gr.Markdown(elem_id="single-face-msg")
-                with gr.Row():
-                    quality = gr.Radio(quality_names(), value="balanced", label="Quality")
-                    engine = gr.Dropdown(engine_names(), value="auto", label="Engine", info=missing_engine_note())
-                    moving = gr.Checkbox(True, label="Photos: move the head slightly")
+                quality, engine, moving = _render_options()
                 go = gr.Button("Generate", variant="primary", elem_id="single-generate")
             with gr.Column():
                 status = gr.Markdown("No job yet.", elem_id="single-status")
@@ -297,10 +303,7 @@ def _batch_tab(studio: Studio, demo: gr.Blocks, limiter: RateLimiter | None) -> 
                 faces = gr.File(label="Face video(s) or photo(s)", file_count="multiple", file_types=FACE_TYPES,
                                 elem_id="batch-faces")
                 check = gr.Markdown(elem_id="batch-check")
-                with gr.Row():
-                    quality = gr.Radio(quality_names(), value="balanced", label="Quality")
-                    engine = gr.Dropdown(engine_names(), value="auto", label="Engine", info=missing_engine_note())
-                    moving = gr.Checkbox(True, label="Photos: move the head slightly")
+                quality, engine, moving = _render_options()
                 go = gr.Button("Generate batch", variant="primary", elem_id="batch-generate")
             with gr.Column():
                 status = gr.Markdown("No batch yet.", elem_id="batch-status")
