@@ -1,14 +1,14 @@
 """Speaker adaptation: a recorded avatar carries its speaker's own speech, so the template itself shows
 how this person's mouth moves with their sounds.
 
-While a template with speech is analysed, :func:`fit_speaker` runs the speech analysis and the mouth
-model on the template's own sound and pairs each speaking frame's model embedding with the opening the
-face mesh measured on that frame (normalised like the model's training labels, and moved by the
+When a template with speech is first used, ``lipdub.pipeline.speaker_fit`` runs the speech analysis and
+the mouth model on the template's own sound, and :func:`fit_from_track` pairs each speaking frame's model
+embedding with the opening the face mesh measured on that frame (normalised like the model's training labels, and moved by the
 sound/picture offset of the recording, so a badly synced file teaches no delay). :func:`adapt` then
 blends every output frame's generic opening with the mean opening of the template's nearest frames in
 embedding space. Cross-validated on ../shared/corpus (fit on each held-out speaker's first half, scored
-on the second; docs/mouth_model.md): r 0.518 -> 0.538; a refitted last layer reached 0.530, a fitted lag
-lost.
+on the second; docs/mouth_model.md): r 0.518 -> 0.528; a refitted last layer reached 0.530 at best, a
+fitted lag lost.
 """
 
 from __future__ import annotations

@@ -282,7 +282,7 @@ def mouth_track(A: Analysis, cv: dict[str, np.ndarray], fps: float, n_frames: in
     rounding, closures and speech from the fusion itself."""
     track = track_from_curves(cv, fps, n_frames)
     learned = predict_frames(bundled(), hop_inputs(A.features, cv, A.speech), fps, n_frames)
-    rest = _to_frames(cv["near_speech"], fps, n_frames) if "near_speech" in cv else np.ones(n_frames)
+    rest = _to_frames(cv["near_speech"], fps, n_frames)
     opening = np.clip(learned["open"], 0, 1) * rest
     if A.aligned:
         # A forced alignment places p/b/m closures to the hop: they close the lips.

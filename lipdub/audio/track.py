@@ -60,8 +60,9 @@ class MouthTrack:
             return MouthTrack(self.fps, *(getattr(self, k)[:n_frames] for k in _KEYS), embedding=emb)
         pad = n_frames - n
         arrays = [np.concatenate([getattr(self, k), np.zeros(pad, getattr(self, k).dtype)]) for k in _KEYS]
+        # The padded frames are silent, so speaker adaptation never reads their (zero) embedding.
         emb = None if self.embedding is None else np.concatenate(
-            [self.embedding, np.repeat(self.embedding[-1:], pad, axis=0)]) if len(self.embedding) else None
+            [self.embedding, np.zeros((pad, self.embedding.shape[1]), self.embedding.dtype)])
         return MouthTrack(self.fps, *arrays, embedding=emb)
 
     def to_dict(self) -> dict:
