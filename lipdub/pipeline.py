@@ -206,7 +206,7 @@ def speaker_fit(avatar: Avatar, info: MediaInfo, report: Callable[[str, float, s
     path = adapt_cache_path(avatar.cache_dir)
     if path.exists():
         fit = SpeakerFit.load(path)
-        return fit if len(fit.opening) else None
+        return None if fit.empty else fit
     if report is not None:
         report("analysing template", 1.0, "learning the speaker's own mouth from the template's speech")
     try:
@@ -221,10 +221,18 @@ def speaker_fit(avatar: Avatar, info: MediaInfo, report: Callable[[str, float, s
     if avatar.cache_dir.is_dir():
         stored.save(path)
     if fit is None:
-        log.info("No speaker adaptation: the template has under %.0f s of speech with a face.", MIN_SPEECH_S)
-    else:
+        log.info("No speaker adaptation: the template's own speech (with a face) is under %.0f s and shows no "
+                 "clear timing of its mouth against its sound.", MIN_SPEECH_S)
+        return None
+    if len(fit.opening):
         log.info("Adapted the mouth to the template's speaker: %d frames of their own speech (their picture "
                  "was %+d frames off their sound).", len(fit.opening), fit.offset)
+    else:
+        log.info("Too little of the template's own speech (under %.0f s) to adapt the mouth's shape; only its "
+                 "timing is kept.", MIN_SPEECH_S)
+    if fit.lag_s:
+        log.info("The template's mouth follows its own sound %+.0f ms late; the output's mouth keeps that timing.",
+                 1000 * fit.lag_s)
     return fit
 
 

@@ -11,8 +11,9 @@ import pytest
 from conftest import media
 
 from lipdub.audio import analyse
-from lipdub.audio.adapt import SpeakerFit, adapt, cache_path
+from lipdub.audio.adapt import SpeakerFit, adapt, cache_path, fit_from_track
 from lipdub.face.analyse import analyse_template
+from lipdub.face.landmarks import inter_ocular, lip_gap
 from lipdub.media.audio import load_audio
 from lipdub.media.probe import probe
 from lipdub.pipeline import speaker_fit
@@ -65,9 +66,9 @@ def test_fit_is_measured_once_and_cached(katie: tuple[Path, Path]) -> None:
     assert again is not None and np.array_equal(again.opening, fit.opening)
 
 
-def test_a_late_picture_is_found_and_not_learned(katie: tuple[Path, Path], tmp_path: Path) -> None:
-    # The same recording with its picture 5 frames late: the fit finds the offset and corrects it, so a
-    # badly synced template teaches the output no delay.
+def test_a_late_picture_is_paired_on_time_and_its_delay_kept(katie: tuple[Path, Path], tmp_path: Path) -> None:
+    # The same recording with its picture 5 frames late: the pairing of sound and mouth is corrected by
+    # the offset it finds, and the output's mouth keeps the recording's own delay.
     video, cache = katie
     shifted = picture_delayed(video, tmp_path / "late.mp4", 5)
     info = probe(shifted)
@@ -77,6 +78,28 @@ def test_a_late_picture_is_found_and_not_learned(katie: tuple[Path, Path], tmp_p
     on_time = speaker_fit(analyse_template(probe(video), probe(video).fps, cache), probe(video))
     assert on_time is not None
     assert fit.offset - on_time.offset == 5
+    assert round(fit.lag_s * 25) == fit.offset
+    drive = analyse(load_audio(media("en_speech_12s.wav")), 25.0)
+    out = adapt(drive, fit).open
+    r = {lag: np.corrcoef(drive.open[: len(out) - lag], out[lag:])[0, 1] for lag in range(0, 11)}
+    assert max(r, key=r.get) == fit.offset
+
+    # Three seconds of that template are too little to learn the mouth's shape from, not its timing.
+    speech = analyse(load_audio(shifted), 25.0)
+    gap = lip_gap(avatar.landmarks) / np.maximum(inter_ocular(avatar.landmarks), 1e-6)
+    short = fit_from_track(speech.fit_length(75), gap[:75], avatar.found[:75])
+    assert short is not None and not len(short.opening)
+    assert round(short.lag_s * 25) == fit.offset
+
+
+def test_delayed_track_rests_where_it_has_nothing_to_show() -> None:
+    t = analyse(load_audio(media("en_speech_12s.wav")), 25.0)
+    late, early = t.delayed(4), t.delayed(-4)
+    assert len(late) == len(early) == len(t)
+    assert np.array_equal(late.open[4:], t.open[:-4]) and np.array_equal(early.open[:-4], t.open[4:])
+    assert not late.speech[:4].any() and not early.speech[-4:].any()
+    assert (late.open[:4] == 0).all() and (early.open[-4:] == 0).all()
+    assert late.embedding is not None and np.array_equal(late.embedding[4:], t.embedding[:-4])
 
 
 def test_adapt_moves_only_speaking_frames(katie: tuple[Path, Path]) -> None:
@@ -86,13 +109,14 @@ def test_adapt_moves_only_speaking_frames(katie: tuple[Path, Path]) -> None:
     assert isinstance(fit, SpeakerFit)
     drive = analyse(load_audio(media("en_speech_12s.wav")), 25.0)
     adapted = adapt(drive, fit)
+    base = drive.delayed(round(fit.lag_s * 25))  # the timing adapted alone
     assert len(adapted) == len(drive)
-    assert np.array_equal(adapted.open[~drive.speech], drive.open[~drive.speech])
+    assert np.array_equal(adapted.open[~base.speech], base.open[~base.speech])
     assert np.all((adapted.open >= 0) & (adapted.open <= 1))
-    moved = np.abs(adapted.open - drive.open)[drive.speech]
+    moved = np.abs(adapted.open - base.open)[base.speech]
     assert moved.mean() > 0.01
     # It adapts the generic opening rather than replacing it.
-    assert np.corrcoef(adapted.open, drive.open)[0, 1] > 0.7
+    assert np.corrcoef(adapted.open, base.open)[0, 1] > 0.7
 
 
 def test_photos_and_silent_templates_use_the_generic_model(tmp_path: Path) -> None:

@@ -7,8 +7,13 @@ embedding with the opening the face mesh measured on that frame (normalised like
 sound/picture offset of the recording, so a badly synced file teaches no delay). :func:`adapt` then
 blends every output frame's generic opening with the mean opening of the template's nearest frames in
 embedding space. Cross-validated on ../shared/corpus (fit on each held-out speaker's first half, scored
-on the second; docs/mouth_model.md): r 0.518 -> 0.528; a refitted last layer reached 0.530 at best, a
-fitted lag lost.
+on the second; docs/mouth_model.md): r 0.518 -> 0.528; a refitted last layer reached 0.530 at best.
+
+The same pairing shows the recording's own timing: how many frames this template's mouth follows its
+sound late (or early). Where that delay is clear, the output's mouth keeps it, so the avatar speaks
+with the timing its own recording has. Cross-validated on the corpus against the mouths as recorded
+(a 2.5-4 s window of each held-out clip fits, the rest of the clip scores): r 0.36 -> 0.41-0.42.
+Against offset-corrected mouths it cannot gain, which is why the pairing above uses the corrected one.
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ from lipdub.audio.track import MouthTrack
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2
 NEIGHBOURS = 20
 WEIGHT = 0.4  # share of the speaker's own openings in the result (0.3-0.5 cross-validate alike)
 MIN_SPEECH_S = 4.0  # less of the speaker's own speech than this is too little to learn from
+MIN_LAG_SPEECH_S = 1.5  # the delay needs less: one number, not a mapping
 MAX_OFFSET_FRAMES = 10
+LAG_EVIDENCE = 0.1  # r at the found delay must beat r at none by this much before the output is moved
 BLOCK = 512  # output frames searched at once: memory O(BLOCK x template frames)
 
 
@@ -35,19 +42,25 @@ BLOCK = 512  # output frames searched at once: memory O(BLOCK x template frames)
 class SpeakerFit:
     """The template's speaking frames: what the model made of their sound, and their real opening."""
 
-    embedding: np.ndarray  # (n, H) float32
+    embedding: np.ndarray  # (n, H) float32; n = 0 where the template has too little speech to pair
     opening: np.ndarray  # (n,) float32, the speaker's 5th..95th percentile of the inner-lip gap as 0..1
     offset: int  # frames the template's picture was found late against its sound (corrected)
+    lag_s: float = 0.0  # the delay the output keeps: offset / fps where it was clear, else 0
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, embedding=self.embedding, opening=self.opening, offset=np.int64(self.offset))
+        np.savez(tmp, embedding=self.embedding, opening=self.opening, offset=np.int64(self.offset),
+                 lag_s=np.float64(self.lag_s))
         tmp.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> SpeakerFit:
         with np.load(path) as z:
-            return cls(z["embedding"], z["opening"], int(z["offset"]))
+            return cls(z["embedding"], z["opening"], int(z["offset"]), float(z["lag_s"]))
+
+    @property
+    def empty(self) -> bool:
+        return not len(self.opening) and self.lag_s == 0.0
 
 
 def cache_path(cache_dir: Path) -> Path:
@@ -61,21 +74,29 @@ def normalised_opening(gap: np.ndarray, found: np.ndarray) -> np.ndarray:
     return np.where(found, (gap - p5) / max(p95 - p5, 1e-6), np.nan).astype(np.float32)
 
 
+def lagged_r(predicted: np.ndarray, real: np.ndarray, lag: int) -> float:
+    """Pearson r of predicted[i] with real[i + lag]; -1 where too few frames overlap to tell."""
+    a, b = (predicted[: len(predicted) - lag], real[lag:]) if lag >= 0 else (predicted[-lag:], real[:lag])
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 20 or a[ok].std() < 1e-6 or b[ok].std() < 1e-6:
+        return -1.0
+    return float(np.corrcoef(a[ok], b[ok])[0, 1])
+
+
 def best_offset(predicted: np.ndarray, real: np.ndarray, max_lag: int = MAX_OFFSET_FRAMES) -> int:
     """The lag (frames; positive: the picture is late) at which ``real`` follows ``predicted`` best."""
-    def r(lag: int) -> float:
-        a, b = (predicted[: len(predicted) - lag], real[lag:]) if lag >= 0 else (predicted[-lag:], real[:lag])
-        ok = np.isfinite(a) & np.isfinite(b)
-        if ok.sum() < 20 or a[ok].std() < 1e-6 or b[ok].std() < 1e-6:
-            return -1.0
-        return float(np.corrcoef(a[ok], b[ok])[0, 1])
+    return max(range(-max_lag, max_lag + 1), key=lambda lag: lagged_r(predicted, real, lag))
 
-    return max(range(-max_lag, max_lag + 1), key=r)
+
+def kept_delay(predicted: np.ndarray, real: np.ndarray, offset: int) -> int:
+    """``offset`` where the real mouth follows the prediction clearly better at it than at none, else 0."""
+    return offset if lagged_r(predicted, real, offset) - lagged_r(predicted, real, 0) >= LAG_EVIDENCE else 0
 
 
 def fit_from_track(track: MouthTrack, gap: np.ndarray, found: np.ndarray) -> SpeakerFit | None:
     """The fit from the model's track of the template's own speech and the gaps measured on its frames
-    (both at the template's frame rate); None when there is too little speech with a face to learn from."""
+    (both at the template's frame rate); None when there is too little speech with a face to learn from.
+    Between MIN_LAG_SPEECH_S and MIN_SPEECH_S of speech, only the delay is kept."""
     n = min(len(track), len(gap))
     if track.embedding is None or n == 0 or found[:n].sum() < 2:
         return None
@@ -87,16 +108,24 @@ def fit_from_track(track: MouthTrack, gap: np.ndarray, found: np.ndarray) -> Spe
     else:
         moved[-offset:] = real[:offset]
     keep = track.speech[:n] & np.isfinite(moved)
+    speaking = int((track.speech[:n] & found[:n]).sum())
+    enough = speaking >= MIN_LAG_SPEECH_S * track.fps
+    lag_s = kept_delay(track.open[:n], real, offset) / track.fps if enough else 0.0
     if keep.sum() < MIN_SPEECH_S * track.fps:
-        return None
-    return SpeakerFit(track.embedding[:n][keep].astype(np.float32), moved[keep], offset)
+        if lag_s == 0.0:
+            return None
+        width = track.embedding.shape[1]
+        return SpeakerFit(np.zeros((0, width), np.float32), np.zeros(0, np.float32), offset, lag_s)
+    return SpeakerFit(track.embedding[:n][keep].astype(np.float32), moved[keep], offset, lag_s)
 
 
 def adapt(track: MouthTrack, fit: SpeakerFit, neighbours: int = NEIGHBOURS, weight: float = WEIGHT) -> MouthTrack:
     """The track with its opening, while speaking, partly replaced by the mean real opening of the
-    template's ``neighbours`` frames whose speech the model took for the most alike."""
+    template's ``neighbours`` frames whose speech the model took for the most alike, and delayed as the
+    template's own mouth is against its sound."""
+    delay = round(fit.lag_s * track.fps)
     if track.embedding is None or len(fit.opening) < neighbours or not len(track):
-        return track
+        return track.delayed(delay)
     ref = fit.embedding.astype(np.float32)
     ref_sq = (ref * ref).sum(1)
     own = np.empty(len(track), np.float32)
@@ -108,4 +137,4 @@ def adapt(track: MouthTrack, fit: SpeakerFit, neighbours: int = NEIGHBOURS, weig
     blended = (1.0 - weight) * track.open + weight * np.clip(own, 0.0, 1.0) * (1.0 - track.closed)
     opening = np.where(track.speech, blended, track.open).astype(np.float32)
     return MouthTrack(track.fps, np.clip(opening, 0.0, 1.0), track.width, track.round, track.closed,
-                      track.speech, embedding=track.embedding)
+                      track.speech, embedding=track.embedding).delayed(delay)

@@ -65,6 +65,24 @@ class MouthTrack:
             [self.embedding, np.zeros((pad, self.embedding.shape[1]), self.embedding.dtype)])
         return MouthTrack(self.fps, *arrays, embedding=emb)
 
+    def delayed(self, frames: int) -> MouthTrack:
+        """The same track ``frames`` later (earlier when negative), with a resting mouth where it has
+        nothing to show: before the sound starts, or after it ends."""
+        if frames == 0 or not len(self):
+            return self
+        n, k = len(self), min(abs(frames), len(self))
+
+        def move(a: np.ndarray) -> np.ndarray:
+            out = np.zeros_like(a)
+            if frames > 0:
+                out[k:] = a[: n - k]
+            else:
+                out[: n - k] = a[k:]
+            return out
+
+        emb = None if self.embedding is None else move(self.embedding)
+        return MouthTrack(self.fps, *(move(getattr(self, key)) for key in _KEYS), embedding=emb)
+
     def to_dict(self) -> dict:
         d: dict = {"fps": float(self.fps)}
         for k in _KEYS:
