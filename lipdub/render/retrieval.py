@@ -67,6 +67,11 @@ MIN_GAP_RANGE = 0.06
 MIN_FRAMES = 25
 # Wider than the chosen source by more than this (x iod): warp it further open.
 EXTRAPOLATE = 0.02
+# Smaller differences between the asked opening and the chosen source's (x iod; closing down to
+# -RESIDUAL) are made up by moving the source's lips as they are pasted, so the mouth opens as much
+# as the track asks, not only as much as the nearest source frame did.
+# On six corpus templates (self cases, eval scorer) mean r_best 0.544 -> 0.570 with 0.03; 0.06 the same.
+RESIDUAL = 0.03
 # Resampled bicubic (sharp) this far around the lips (x iod); bilinear beyond, on smooth skin.
 SHARP_MARGIN = 0.15
 # Where the chosen source's crop was cut by the frame's edge, the mask fades out over this (x iod).
@@ -362,6 +367,8 @@ class RetrievalRenderer(Renderer):
         # The mask outline (cheeks, nose base, upper jaw) goes where the template frame has it; the
         # lips keep the source's shape on the frame's own jaw line (fitted_shape).
         dst = fitted_shape(lm_t, lm_a)
+        if extra <= EXTRAPOLATE * iod:  # beyond, _finish opens it further
+            dst[_LIPS] = self.warp.move_points(dst, max(extra, -RESIDUAL * iod), 0.0, 0.0)[_LIPS]
         inv = cv2.invertAffineTransform(m)  # crop -> source image coordinates, folded into the maps
         # Over the region the mask can reach; on the CPU with its values at the chroma samples too.
         mapping = piecewise_affine_map if self.use_torch else piecewise_affine_map_i420
