@@ -76,7 +76,7 @@ def main() -> int:
                     "-o", str(rendered)], check=True, env=env)
     n = do_nothing(a.template, a.audio, still)
     rows = [(spilled(a.evalpy, rendered, a.template), spilled(a.evalpy, still, a.template)) for _ in range(a.runs)]
-    print(f"{a.template.name}: {n} frames; % of frames over 2% spilled (outside_face.py)")
+    print(f"{a.template}: {n} frames; % of frames over 2% spilled (outside_face.py)")
     print(f"{'run':>4s} {'lipdub':>8s} {'do-nothing':>11s}")
     for k, (x, y) in enumerate(rows, 1):
         print(f"{k:4d} {x:8.1f} {y:11.1f}")
