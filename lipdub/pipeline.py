@@ -231,8 +231,8 @@ def speaker_fit(avatar: Avatar, info: MediaInfo, report: Callable[[str, float, s
         log.info("Too little of the template's own speech (under %.0f s) to adapt the mouth's shape; only its "
                  "timing is kept.", MIN_SPEECH_S)
     if fit.lag_s:
-        log.info("The template's mouth follows its own sound %+.0f ms late; the output's mouth keeps that timing.",
-                 1000 * fit.lag_s)
+        log.info("The template's mouth moves %.0f ms %s its own sound; the output's mouth keeps that timing.",
+                 1000 * abs(fit.lag_s), "behind" if fit.lag_s > 0 else "ahead of")
     return fit
 
 

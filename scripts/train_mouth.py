@@ -285,8 +285,8 @@ def timing_adaptation(clips: list[Clip], preds: dict[str, np.ndarray], window_s:
             "other speakers' mouths given a delay |", "|---|---|---|---|---|---|"]
     rng = np.random.default_rng(SEED)
 
-    def delay(p: np.ndarray, real: np.ndarray) -> int:
-        return kept_delay(p, real, best_offset(p, real, MAX_OFFSET_FRAMES))
+    def delay(p: np.ndarray, real: np.ndarray, fps: float) -> int:
+        return kept_delay(p, real, best_offset(p, real, MAX_OFFSET_FRAMES), fps)
 
     for secs in window_s:
         pairs, unrelated = [], []
@@ -297,7 +297,7 @@ def timing_adaptation(clips: list[Clip], preds: dict[str, np.ndarray], window_s:
             generic, kept = [], []
             for s in range(0, n - k + 1, max(1, int(c.fps))):
                 win = slice(s, s + k)
-                lag = delay(p[win], c.open[win])
+                lag = delay(p[win], c.open[win], c.fps)
                 rest = np.ones(n, bool)
                 rest[win] = False
                 generic.append(lagged(np.where(rest, p, np.nan), c.open, 0))
@@ -306,7 +306,7 @@ def timing_adaptation(clips: list[Clip], preds: dict[str, np.ndarray], window_s:
                 other = [o for o in clips if o.speaker != c.speaker and len(o) >= k]
                 o = other[int(rng.integers(len(other)))]
                 start = int(rng.integers(len(o) - k + 1))
-                unrelated.append(delay(p[win], o.open[start: start + k]) != 0)
+                unrelated.append(delay(p[win], o.open[start: start + k], c.fps) != 0)
             pairs.append((np.mean(generic), np.mean(kept)))
         a = np.array(pairs)
         rows.append(f"| {secs:g} s | {len(a)} | {a[:, 0].mean():.3f} | {a[:, 1].mean():.3f} | "
