@@ -20,14 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from lipdub.audio import analyse as analyse_audio
-from lipdub.audio.adapt import (
-    MIN_SPEECH_S,
-    MOUTH_AHEAD_MAX_S,
-    MOUTH_BEHIND_MAX_S,
-    SpeakerFit,
-    adapt,
-    fit_from_track,
-)
+from lipdub.audio.adapt import MIN_SPEECH_S, SpeakerFit, adapt, fit_from_track, in_sync
 from lipdub.audio.adapt import cache_path as adapt_cache_path
 from lipdub.device import Device, select_device
 from lipdub.errors import InputError, LipdubError
@@ -235,12 +228,12 @@ def speaker_fit(avatar: Avatar, info: MediaInfo, report: Callable[[str, float, s
         log.info("Adapted the mouth to the template's speaker: %d frames of their own speech (their picture "
                  "was %+d frames off their sound).", len(fit.opening), fit.offset)
     else:
-        log.info("Too little of the template's own speech (under %.0f s) to adapt the mouth's shape; only its "
-                 "timing is kept.", MIN_SPEECH_S)
+        log.info("The template's own speech is under %.0f s, or its mouth follows it too loosely, to adapt the "
+                 "mouth's shape; only its timing is kept.", MIN_SPEECH_S)
     if fit.lag_s:
         log.info("The template's mouth moves %.0f ms %s its own sound; the output's mouth keeps that timing.",
                  1000 * abs(fit.lag_s), "behind" if fit.lag_s > 0 else "ahead of")
-    elif not -MOUTH_AHEAD_MAX_S <= fit.offset / avatar.fps <= MOUTH_BEHIND_MAX_S:
+    elif not in_sync(fit.offset / avatar.fps):
         log.info("The template's picture is %.0f ms off its own sound, more than viewers accept as in sync; the "
                  "output's mouth follows the new speech on time instead.", 1000 * abs(fit.offset) / avatar.fps)
     return fit

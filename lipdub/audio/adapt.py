@@ -103,10 +103,15 @@ def best_offset(predicted: np.ndarray, real: np.ndarray, max_lag: int = MAX_OFFS
     return max(range(-max_lag, max_lag + 1), key=lambda lag: lagged_r(predicted, real, lag))
 
 
+def in_sync(delay_s: float) -> bool:
+    """Whether a mouth this many seconds behind its sound (ahead: negative) still looks in sync."""
+    return -MOUTH_AHEAD_MAX_S <= delay_s <= MOUTH_BEHIND_MAX_S
+
+
 def kept_delay(predicted: np.ndarray, real: np.ndarray, offset: int, fps: float) -> int:
     """``offset`` where the real mouth follows the prediction clearly and strongly best there, and the
     delay is one viewers accept as in sync; else 0."""
-    if not -MOUTH_AHEAD_MAX_S <= offset / fps <= MOUTH_BEHIND_MAX_S:
+    if not in_sync(offset / fps):
         return 0
     r = lagged_r(predicted, real, offset)
     return offset if r >= LAG_MIN_R and r - lagged_r(predicted, real, 0) >= LAG_EVIDENCE else 0
