@@ -39,6 +39,19 @@ def long_speech(minutes: float, out: Path, source: str = "en_speech_60s.wav") ->
     return out
 
 
+def mesh_opening(video: Path, cache: Path) -> tuple[np.ndarray, np.ndarray]:
+    """lipdub's face-mesh inner-lip gap over the eye distance for every frame of ``video``, and where a
+    face was found."""
+    from lipdub.face.analyse import analyse_template
+    from lipdub.face.landmarks import inter_ocular, lip_gap
+    from lipdub.media.limits import Limits
+    from lipdub.media.probe import probe
+
+    info = probe(video, Limits(max_video_s=3600))
+    av = analyse_template(info, info.fps, cache)
+    return (lip_gap(av.landmarks) / inter_ocular(av.landmarks)).astype(np.float64), av.found
+
+
 def run_measured(cmd: list[str]) -> tuple[float, int, subprocess.CompletedProcess]:
     """Run ``cmd``; return (wall seconds, peak RSS in bytes of it and its children, completed process)."""
     start = time.monotonic()

@@ -25,12 +25,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from _common import mesh_opening
 
 import lipdub
-from lipdub.face.analyse import analyse_template
-from lipdub.face.landmarks import inter_ocular, lip_gap
-from lipdub.media.limits import Limits
-from lipdub.media.probe import probe
 
 EVAL = Path(__file__).resolve().parents[2] / "shared" / "eval"
 
@@ -59,15 +56,6 @@ print(json.dumps(out))
 """
 
 
-def mesh_gap(video: Path, cache: Path) -> np.ndarray:
-    """lipdub's face-mesh inner-lip gap over the eye distance, per frame (NaN where no face)."""
-    info = probe(video, Limits(max_video_s=3600))
-    av = analyse_template(info, info.fps, cache)
-    gap = (lip_gap(av.landmarks) / np.maximum(inter_ocular(av.landmarks), 1e-6)).astype(np.float64)
-    gap[~av.found] = np.nan
-    return gap
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", type=Path, default=Path("/tmp/ccases"))
@@ -82,7 +70,8 @@ def main() -> None:
     for case in sorted(a.cases.glob("self_*")):
         template, drive = case / "template.mp4", case / "drive.wav"
         mesh = a.work / f"{case.name}_mesh.npy"
-        np.save(mesh, mesh_gap(template, a.work / "measure_cache"))
+        gap, found = mesh_opening(template, a.work / "measure_cache")
+        np.save(mesh, np.where(found, gap, np.nan))
         outputs = {}
         for engine in engines:
             out = a.work / f"{case.name}_{engine}.mp4"

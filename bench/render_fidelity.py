@@ -16,14 +16,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from _common import mesh_opening
 
 import lipdub
 from lipdub.audio import analyse
-from lipdub.face.analyse import analyse_template
-from lipdub.face.landmarks import inter_ocular, lip_gap
 from lipdub.media.audio import load_audio
-from lipdub.media.limits import Limits
-from lipdub.media.probe import probe
 
 
 def lagged_r(a: np.ndarray, b: np.ndarray, lag: int) -> float:
@@ -33,12 +30,6 @@ def lagged_r(a: np.ndarray, b: np.ndarray, lag: int) -> float:
     if ok.sum() < 10 or x[ok].std() < 1e-9 or y[ok].std() < 1e-9:
         return float("nan")
     return float(np.corrcoef(x[ok], y[ok])[0, 1])
-
-
-def rendered_opening(video: Path, cache: Path) -> np.ndarray:
-    info = probe(video, Limits(max_video_s=3600))
-    lm = analyse_template(info, info.fps, cache).landmarks
-    return (lip_gap(lm) / inter_ocular(lm)).astype(np.float64)
 
 
 def main() -> None:
@@ -58,7 +49,7 @@ def main() -> None:
             result = lipdub.generate(drive, template, out, engine=engine, device="cpu",
                                      cache_dir=a.work / "cache")
             track = analyse(load_audio(drive), result.fps, result.frames)
-            got = rendered_opening(out, a.work / "measure_cache")
+            got, _ = mesh_opening(out, a.work / "measure_cache")
             n = min(len(got), len(track))
             asked = track.open[:n].astype(np.float64)
             rs = {lag: lagged_r(asked, got[:n], lag) for lag in range(-4, 5)}
