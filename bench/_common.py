@@ -1,7 +1,9 @@
-"""Helpers shared by the benchmarks: media lookup, long inputs made from real clips, peak RSS of a child."""
+"""Helpers shared by the benchmarks: media lookup, long inputs made from real clips, peak RSS of a child,
+measurements run in the eval's own venv."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +16,9 @@ import psutil
 import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
-MEDIA = Path(os.environ.get("LIPDUB_SHARED", REPO.parent / "shared")) / "media"
+SHARED = Path(os.environ.get("LIPDUB_SHARED", REPO.parent / "shared"))
+MEDIA = SHARED / "media"
+EVAL = SHARED / "eval"
 
 
 def media(name: str) -> Path:
@@ -50,6 +54,15 @@ def mesh_opening(video: Path, cache: Path) -> tuple[np.ndarray, np.ndarray]:
     info = probe(video, Limits(max_video_s=3600))
     av = analyse_template(info, info.fps, cache)
     return (lip_gap(av.landmarks) / inter_ocular(av.landmarks)).astype(np.float64), av.found
+
+
+def in_eval_venv(evalpy: str, code: str, spec: dict, work: Path) -> dict:
+    """Run ``code`` with the eval venv's python (dlib lives there, never in lipdub's): it gets the eval
+    folder and a JSON file holding ``spec`` as its two arguments and prints one JSON object last."""
+    spec_file = work / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    done = subprocess.run([evalpy, "-c", code, str(EVAL), str(spec_file)], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def run_measured(cmd: list[str]) -> tuple[float, int, subprocess.CompletedProcess]:

@@ -18,18 +18,14 @@ eval's dlib tracker (run in its own venv, ``--evalpy``):
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from _common import mesh_opening
+from _common import in_eval_venv, mesh_opening
 
 import lipdub
-
-EVAL = Path(__file__).resolve().parents[2] / "shared" / "eval"
 
 # Run by the eval venv's python: dlib's openings of the template, the truth and each output.
 _DLIB_MEASURE = """
@@ -79,10 +75,7 @@ def main() -> None:
             outputs[engine] = str(out)
         spec[case.name] = {"template": str(template), "truth": str(case / "truth.mp4"), "mesh": str(mesh),
                            "outputs": outputs}
-    (a.work / "spec.json").write_text(json.dumps(spec))
-    done = subprocess.run([a.evalpy, "-c", _DLIB_MEASURE, str(EVAL), str(a.work / "spec.json")],
-                          capture_output=True, text=True, check=True)
-    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    rows = in_eval_venv(a.evalpy, _DLIB_MEASURE, spec, a.work)
     head = f"{'case':40s} {'mesh~dlib':>9s} {'truth amp':>9s}" + "".join(
         f" {e + ' amp':>14s} {e + ' open_r':>16s}" for e in engines)
     print(head)

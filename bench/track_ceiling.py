@@ -19,20 +19,18 @@ recording's own timing between mouth and sound, which a silent template cannot s
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from _common import in_eval_venv
 
 from lipdub.audio.fusion import analyse
 from lipdub.media.audio import load_audio
 from lipdub.media.probe import probe
 
-EVAL = Path(__file__).resolve().parents[2] / "shared" / "eval"
 LAGS = range(-8, 9)
 
 # Run by the eval venv's python: the track's r with dlib's reading of the real mouth, at every lag.
@@ -80,10 +78,7 @@ def main() -> None:
         if not spec:
             print(f"{folder}: no self cases")
             continue
-        (a.work / "spec.json").write_text(json.dumps(spec))
-        done = subprocess.run([a.evalpy, "-c", _DLIB_MEASURE, str(EVAL), str(a.work / "spec.json")],
-                              capture_output=True, text=True, check=True)
-        rows = json.loads(done.stdout.strip().splitlines()[-1])
+        rows = in_eval_venv(a.evalpy, _DLIB_MEASURE, spec, a.work)
         print(f"{folder}\n{'case':40s} {'r0':>6s} {'r_best':>7s} {'lag':>4s}")
         table = []
         for name, by_lag in rows.items():
