@@ -31,8 +31,6 @@ from lipdub.audio.fusion import analyse
 from lipdub.media.audio import load_audio
 from lipdub.media.probe import probe
 
-LAGS = range(-8, 9)
-
 # Run by the eval venv's python: the track's r with dlib's reading of the real mouth, at every lag.
 _DLIB_MEASURE = """
 import json, sys
@@ -83,7 +81,7 @@ def main() -> None:
         table = []
         for name, by_lag in rows.items():
             r = {int(k): v for k, v in by_lag.items()}
-            best = max((lag for lag in LAGS if np.isfinite(r[lag])), key=lambda lag: r[lag], default=0)
+            best = max((lag for lag in r if np.isfinite(r[lag])), key=r.__getitem__, default=0)
             table.append((r[0], r[best], best))
             print(f"{name[:40]:40s} {r[0]:6.3f} {r[best]:7.3f} {best:+4d}")
         m = np.array(table)
