@@ -295,6 +295,8 @@ def timing_adaptation(clips: list[Clip], preds: dict[str, np.ndarray], window_s:
             if n - k < 3 * c.fps:
                 continue
             generic, kept = [], []
+            # A template whose sound is not its speaker's (a voice-over): another speaker's mouth.
+            other = [o for o in clips if o.speaker != c.speaker and len(o) >= k]
             for s in range(0, n - k + 1, max(1, int(c.fps))):
                 win = slice(s, s + k)
                 lag = delay(p[win], c.open[win], c.fps)
@@ -302,8 +304,6 @@ def timing_adaptation(clips: list[Clip], preds: dict[str, np.ndarray], window_s:
                 rest[win] = False
                 generic.append(lagged(np.where(rest, p, np.nan), c.open, 0))
                 kept.append(lagged(np.where(rest, shifted(p, -lag), np.nan), c.open, 0))
-                # A template whose sound is not its speaker's (a voice-over): another speaker's mouth.
-                other = [o for o in clips if o.speaker != c.speaker and len(o) >= k]
                 o = other[int(rng.integers(len(other)))]
                 start = int(rng.integers(len(o) - k + 1))
                 unrelated.append(delay(p[win], o.open[start: start + k], c.fps) != 0)
